@@ -1,0 +1,25 @@
+from pathlib import Path
+
+from services.compute.app import create_app
+from services.compute.handlers import handlers
+from services.compute.settings import ComputeSettings
+from shared.runtime import ServiceSpec, run_service
+from shared.topics import commands_topic, events_topic
+
+SPEC = ServiceSpec(
+    name="compute",
+    settings_cls=ComputeSettings,
+    migrations_dir=Path(__file__).parent / "migrations",
+    handlers=handlers,
+    consumes=[commands_topic("compute")],
+    owns_topics=[commands_topic("compute"), events_topic("compute")],
+    create_app=create_app,
+)
+
+
+def main() -> None:
+    run_service(SPEC)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from services.metering.api import router
+from shared.http import create_base_app
+from shared.probe import probe_router
+from shared.runtime import Runtime
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    app = create_base_app(
+        runtime,
+        title="DCOSTACK metering",
+        description="Usage samples and lifecycle events in; usage, asset records and metric streams out.",
+    )
+    app.include_router(router)
+    app.include_router(probe_router("metering"))
+    return app

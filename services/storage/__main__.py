@@ -1,0 +1,25 @@
+from pathlib import Path
+
+from services.storage.app import create_app
+from services.storage.handlers import handlers
+from services.storage.settings import StorageSettings
+from shared.runtime import ServiceSpec, run_service
+from shared.topics import commands_topic, events_topic
+
+SPEC = ServiceSpec(
+    name="storage",
+    settings_cls=StorageSettings,
+    migrations_dir=Path(__file__).parent / "migrations",
+    handlers=handlers,
+    consumes=[commands_topic("storage")],
+    owns_topics=[commands_topic("storage"), events_topic("storage")],
+    create_app=create_app,
+)
+
+
+def main() -> None:
+    run_service(SPEC)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""The consumer loop: decode → inbox + handler + outbox in one transaction → commit → commit offset.
+
+Guarantees:
+- an event's effect (the handler's writes and the events it publishes) commits at most once, because
+  the inbox row ``(consumer_group, event_id)`` is inserted in the same transaction;
+- nothing is lost, because the offset is committed only after that transaction;
+- a message that cannot be decoded, has an unknown type, or whose handler fails for a reason that
+  retrying will not fix goes to the group's dead-letter topic with the reason in headers, and the
+  consumer carries on with the next message;
+- a retriable failure (database or cloud briefly unavailable) is retried with capped backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import ConsumerRecord
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from opentelemetry import trace
+
+from shared.bus.handlers import HandlerContext, HandlerRegistry
+from shared.bus.kafka import KafkaBus
+from shared.bus.outbox import write_outbox
+from shared.db import RETRIABLE_DB_ERRORS
+from shared.errors import DcostackError
+from shared.events.envelope import Envelope, MalformedEvent, decode
+from shared.logging import get_logger
+from shared.metrics import DLQ_TOTAL, EVENTS_CONSUMED, HANDLER_DURATION
+from shared.telemetry import extract_context, tracer
+from shared.topics import dlq_topic
+
+log = get_logger(__name__)
+_tracer = tracer(__name__)
+
+
+@dataclass(slots=True)
+class _Item:
+    record: ConsumerRecord[bytes, bytes]
+    envelope: Envelope
+
+
+def _is_retriable(exc: BaseException) -> bool:
+    if isinstance(exc, DcostackError):
+        return exc.retriable
+    return isinstance(exc, RETRIABLE_DB_ERRORS)
+
+
+def _is_infrastructure(exc: BaseException) -> bool:
+    """The database itself is unreachable: wait for it rather than give up on the events."""
+    return isinstance(exc, RETRIABLE_DB_ERRORS) and not isinstance(
+        exc, asyncpg.SerializationError | asyncpg.DeadlockDetectedError
+    )
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        *,
+        bus: KafkaBus,
+        pool: asyncpg.Pool,
+        service: str,
+        group: str,
+        topics: Sequence[str],
+        handlers: HandlerRegistry,
+        batch_size: int = 500,
+        max_attempts: int = 5,
+        backoff: float = 0.2,
+        backoff_max: float = 10.0,
+        state: Any = None,
+    ) -> None:
+        self.bus = bus
+        self.pool = pool
+        self.service = service
+        self.group = group
+        self.topics = list(topics)
+        self.handlers = handlers
+        self.batch_size = batch_size
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.state = state
+        self.dlq = dlq_topic(group)
+        self.handled = 0
+        self.assigned = asyncio.Event()
+
+    async def run(self) -> None:
+        consumer = self.bus.consumer(self.topics, self.group, max_records=self.batch_size)
+        await consumer.start()
+        log.info("bus.consumer_started", group=self.group, topics=self.topics)
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=500, max_records=self.batch_size)
+                if consumer.assignment():
+                    self.assigned.set()
+                for tp, records in batch.items():
+                    await self._process_partition_batch(records)
+                    try:
+                        await consumer.commit({tp: records[-1].offset + 1})
+                    except (CommitFailedError, IllegalStateError) as e:
+                        # Partition moved to another member; it will see these again and the inbox
+                        # makes the redelivery harmless.
+                        log.warning("bus.commit_failed", group=self.group, partition=tp.partition, error=str(e))
+        finally:
+            await consumer.stop()
+
+    async def _process_partition_batch(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        items: list[_Item] = []
+        for record in records:
+            try:
+                envelope = decode(record.headers, record.value)
+            except MalformedEvent as e:
+                await self._flush(items)
+                items = []
+                await self._dead_letter(record, e.reason, e.detail)
+                continue
+            if self.handlers.get(envelope.type) is None:
+                # A registered type this group does not act on: topics carry many types.
+                EVENTS_CONSUMED.labels(self.service, record.topic, envelope.type, "ignored").inc()
+                continue
+            items.append(_Item(record, envelope))
+        await self._flush(items)
+
+    async def _flush(self, items: list[_Item]) -> None:
+        if not items:
+            return
+        if len(items) > 1:
+            delay = self.backoff
+            while True:
+                try:
+                    await self._handle_in_one_transaction(items)
+                    return
+                except Exception as e:
+                    if not _is_infrastructure(e):
+                        break
+                    log.warning("bus.db_unavailable", group=self.group, error=str(e) or type(e).__name__)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.backoff_max)
+        # One event failed (or there is only one): handle each on its own so a bad one cannot hold
+        # back the others.
+        for item in items:
+            await self._handle_alone(item)
+
+    async def _handle_alone(self, item: _Item) -> None:
+        attempt = 0
+        delay = self.backoff
+        while True:
+            attempt += 1
+            try:
+                await self._handle_in_one_transaction([item])
+                return
+            except Exception as e:
+                if _is_infrastructure(e):
+                    log.warning("bus.db_unavailable", group=self.group, error=str(e) or type(e).__name__)
+                    attempt = 0
+                elif not _is_retriable(e):
+                    await self._dead_letter(item.record, "handler_error", _describe(e), item.envelope)
+                    return
+                elif attempt >= self.max_attempts:
+                    await self._dead_letter(
+                        item.record,
+                        "retries_exhausted",
+                        f"{_describe(e)} (after {attempt} attempts)",
+                        item.envelope,
+                    )
+                    return
+                EVENTS_CONSUMED.labels(self.service, item.record.topic, item.envelope.type, "retried").inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff_max)
+
+    async def _handle_in_one_transaction(self, items: Sequence[_Item]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            fresh = {
+                r["event_id"]
+                for r in await conn.fetch(
+                    "INSERT INTO inbox (consumer_group, event_id) SELECT $1, unnest($2::text[]) "
+                    "ON CONFLICT DO NOTHING RETURNING event_id",
+                    self.group,
+                    [i.envelope.id for i in items],
+                )
+            }
+            outcomes: list[tuple[_Item, str]] = []
+            outbox = []
+            for item in items:
+                env = item.envelope
+                if env.id not in fresh:
+                    outcomes.append((item, "duplicate"))
+                    continue
+                fresh.discard(env.id)  # the same id twice in one batch is handled once
+                handler = self.handlers.get(env.type)
+                assert handler is not None
+                ctx = HandlerContext(tx=conn, envelope=env, source=self.service, state=self.state)
+                started = time.perf_counter()
+                with (
+                    _tracer.start_as_current_span(
+                        f"handle {env.type}",
+                        context=extract_context(env.trace_headers),
+                        kind=trace.SpanKind.CONSUMER,
+                        attributes={"messaging.system": "kafka", "cloudevents.event_id": env.id},
+                    ),
+                    structlog.contextvars.bound_contextvars(
+                        event_id=env.id, correlation_id=env.correlation_id, project_id=env.project_id
+                    ),
+                ):
+                    await handler(env.data, ctx)
+                HANDLER_DURATION.labels(self.service, env.type).observe(time.perf_counter() - started)
+                outbox.extend(ctx.outbox)
+                outcomes.append((item, "handled"))
+            await write_outbox(conn, outbox)
+        self.handled += sum(1 for _, o in outcomes if o == "handled")
+        for item, outcome in outcomes:
+            EVENTS_CONSUMED.labels(self.service, item.record.topic, item.envelope.type, outcome).inc()
+
+    async def _dead_letter(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        reason: str,
+        detail: str,
+        envelope: Envelope | None = None,
+    ) -> None:
+        headers = list(record.headers or ())
+        headers += [
+            ("dcostack_dlq_reason", reason.encode()),
+            ("dcostack_dlq_detail", detail[:2000].encode()),
+            ("dcostack_dlq_group", self.group.encode()),
+            ("dcostack_dlq_topic", record.topic.encode()),
+            ("dcostack_dlq_partition", str(record.partition).encode()),
+            ("dcostack_dlq_offset", str(record.offset).encode()),
+        ]
+        delay = self.backoff
+        while True:
+            try:
+                await self.bus.producer.send_and_wait(
+                    self.bus.physical(self.dlq), value=record.value, key=record.key, headers=headers
+                )
+                break
+            except (KafkaError, OSError) as e:
+                log.warning("bus.dlq_publish_failed", group=self.group, error=str(e), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff_max)
+        type_ = envelope.type if envelope else "unknown"
+        EVENTS_CONSUMED.labels(self.service, record.topic, type_, "dlq").inc()
+        DLQ_TOTAL.labels(self.service, self.group, reason).inc()
+        log.warning(
+            "bus.dead_lettered",
+            group=self.group,
+            reason=reason,
+            detail=detail,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            event_id=envelope.id if envelope else None,
+        )
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"

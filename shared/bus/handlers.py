@@ -1,0 +1,76 @@
+"""Handler registration and the context a handler gets: the open transaction and a way to publish."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import asyncpg
+
+from shared.bus.outbox import OutboxRow, make_outbox_row
+from shared.events.base import EventData
+from shared.events.envelope import Envelope
+
+D = TypeVar("D", bound=EventData)
+Handler = Callable[[Any, "HandlerContext"], Awaitable[None]]
+TypedHandler = Callable[[D, "HandlerContext"], Awaitable[None]]
+
+
+@dataclass
+class HandlerContext:
+    """What a handler may use. ``tx`` is inside the transaction that also records the inbox row,
+    so the handler's writes, its published events and the "handled" mark commit together."""
+
+    tx: asyncpg.Connection
+    envelope: Envelope
+    source: str
+    state: Any = None
+    outbox: list[OutboxRow] = field(default_factory=list)
+
+    def publish(
+        self,
+        data: EventData,
+        *,
+        topic: str | None = None,
+        key: str | None = None,
+        subject: str | None = None,
+    ) -> str:
+        """Queue an event for the outbox; it is written when the handler's transaction commits.
+
+        The correlation id and project of the event being handled are carried over.
+        """
+        row = make_outbox_row(
+            data,
+            source=self.source,
+            topic=topic,
+            key=key,
+            subject=subject,
+            correlation_id=self.envelope.correlation_id,
+            project_id=self.envelope.project_id,
+        )
+        self.outbox.append(row)
+        return row.event_id
+
+
+class HandlerRegistry:
+    """Maps event types to handlers for one consumer group."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+
+    def handles(self, event_type: type[D]) -> Callable[[TypedHandler[D]], Handler]:
+        def decorator(fn: TypedHandler[D]) -> Handler:
+            if event_type.TYPE in self._handlers:
+                raise ValueError(f"{event_type.TYPE} already has a handler in this registry")
+            self._handlers[event_type.TYPE] = fn
+            return fn
+
+        return decorator
+
+    def get(self, event_type: str) -> Handler | None:
+        return self._handlers.get(event_type)
+
+    @property
+    def types(self) -> list[str]:
+        return sorted(self._handlers)

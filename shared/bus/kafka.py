@@ -1,0 +1,115 @@
+"""The one place that creates Kafka clients. Topic and group names given to it are logical; it adds
+the configured prefix (``DCOSTACK_KAFKA_TOPIC_PREFIX``) so tests and shared clusters stay apart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from shared.config import ServiceSettings
+from shared.errors import DependencyUnavailable
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class KafkaBus:
+    def __init__(self, settings: ServiceSettings, client_id: str) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self.bootstrap = settings.kafka_bootstrap_servers
+        self._producer: AIOKafkaProducer | None = None
+
+    def physical(self, name: str) -> str:
+        return self.settings.kafka_topic_prefix + name
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("KafkaBus.start() was not awaited")
+        return self._producer
+
+    async def start(self) -> None:
+        """Connect the producer, retrying until ``startup_timeout_seconds``; fail with one clear line."""
+        deadline = asyncio.get_running_loop().time() + self.settings.startup_timeout_seconds
+        delay = 0.2
+        while True:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                client_id=self.client_id,
+                acks="all",
+                linger_ms=2,
+                max_batch_size=256 * 1024,
+                request_timeout_ms=15000,
+            )
+            try:
+                await producer.start()
+                self._producer = producer
+                return
+            except (KafkaError, OSError) as e:
+                await producer.stop()
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise self.unreachable(e) from e
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def unreachable(self, e: BaseException) -> DependencyUnavailable:
+        return DependencyUnavailable(
+            f"cannot reach Kafka at {self.bootstrap}: {e or type(e).__name__}; "
+            "check DCOSTACK_KAFKA_BOOTSTRAP_SERVERS or start a broker (`dcostack up` starts one)",
+            field="DCOSTACK_KAFKA_BOOTSTRAP_SERVERS",
+        )
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def ensure_topics(self, names: Iterable[str]) -> None:
+        """Create the topics that do not exist yet (Kafka clusters often forbid auto-creation)."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-admin")
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            wanted = sorted({self.physical(n) for n in names} - existing)
+            if not wanted:
+                return
+            new = [
+                NewTopic(
+                    n,
+                    self.settings.kafka_partitions,
+                    replication_factor=self.settings.kafka_replication_factor,
+                )
+                for n in wanted
+            ]
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass  # another service created them between list and create
+            log.info("bus.topics_created", topics=wanted)
+        finally:
+            await admin.close()
+
+    def consumer(self, topics: Sequence[str], group: str, *, max_records: int) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            *[self.physical(t) for t in topics],
+            bootstrap_servers=self.bootstrap,
+            client_id=self.client_id,
+            group_id=self.physical(group),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=max_records,
+            session_timeout_ms=10000,
+            heartbeat_interval_ms=1000,
+        )
+
+    async def ping(self, wait_seconds: float = 2.0) -> None:
+        """Raise if the broker does not answer a metadata request within ``wait_seconds``."""
+        try:
+            await asyncio.wait_for(self.producer.client.fetch_all_metadata(), wait_seconds)
+        except (KafkaError, OSError, TimeoutError) as e:
+            raise self.unreachable(e) from e

@@ -1,0 +1,178 @@
+"""Transactional outbox: events are rows written in the same transaction as the state they describe;
+the relay publishes them to Kafka in insertion order and deletes what the broker acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+from aiokafka.errors import KafkaError
+
+from shared.bus.kafka import KafkaBus
+from shared.db import RETRIABLE_DB_ERRORS
+from shared.events.base import EventData
+from shared.events.envelope import encode_headers, encode_value, kafka_headers, new_event_id
+from shared.logging import get_logger
+from shared.metrics import EVENTS_PUBLISHED, OUTBOX_PENDING
+from shared.telemetry import inject_traceparent
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    event_id: str
+    topic: str
+    key: str | None
+    type: str
+    headers: dict[str, str]
+    payload: bytes
+
+
+def make_outbox_row(
+    data: EventData,
+    *,
+    source: str,
+    topic: str | None = None,
+    key: str | None = None,
+    subject: str | None = None,
+    correlation_id: str | None = None,
+    project_id: str | None = None,
+) -> OutboxRow:
+    """An event ready to be written to the outbox; the current trace context goes with it."""
+    target = topic or data.TOPIC
+    if target is None:
+        raise ValueError(f"{type(data).__name__} has no default topic; pass topic=")
+    event_id = new_event_id()
+    trace: dict[str, str] = {}
+    inject_traceparent(trace)
+    headers = encode_headers(
+        data,
+        source=source,
+        event_id=event_id,
+        subject=subject,
+        correlation_id=correlation_id,
+        project_id=project_id,
+        trace_headers=trace,
+    )
+    return OutboxRow(event_id, target, key, data.TYPE, headers, encode_value(data))
+
+
+async def write_outbox(conn: asyncpg.Connection, rows: Sequence[OutboxRow]) -> None:
+    """Insert rows into the service's outbox; call inside the transaction that changes the state."""
+    if not rows:
+        return
+    await conn.executemany(
+        "INSERT INTO outbox (event_id, topic, key, type, headers, payload) VALUES ($1, $2, $3, $4, $5, $6)",
+        [(r.event_id, r.topic, r.key, r.type, json.dumps(r.headers), r.payload) for r in rows],
+    )
+
+
+class OutboxRelay:
+    """Publishes outbox rows in id order. One relay per schema holds an advisory lock; replicas wait."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        bus: KafkaBus,
+        *,
+        schema: str,
+        service: str,
+        batch_size: int,
+        poll_seconds: float,
+        backoff_max: float = 5.0,
+    ) -> None:
+        self.pool = pool
+        self.bus = bus
+        self.schema = schema
+        self.service = service
+        self.batch_size = batch_size
+        self.poll_seconds = poll_seconds
+        self.backoff_max = backoff_max
+        self._wake = asyncio.Event()
+        self.delivered = 0
+
+    def wake(self, *_: object) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    await self._run_locked(conn)
+            except RETRIABLE_DB_ERRORS as e:
+                log.warning("outbox.db_unavailable", error=str(e) or type(e).__name__, retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff_max)
+
+    async def _run_locked(self, conn: asyncpg.Connection) -> None:
+        lock_key = f"dcostack.outbox.{self.schema}"
+        # Another replica may hold the lock and relay; poll so this one takes over when it dies.
+        while not await conn.fetchval(  # noqa: ASYNC110
+            "SELECT pg_try_advisory_lock(hashtext($1))", lock_key
+        ):
+            await asyncio.sleep(self.poll_seconds)
+        channel = f"{self.schema}_outbox"
+        await conn.add_listener(channel, self.wake)
+        try:
+            backoff = 0.1
+            last_count = 0.0
+            loop = asyncio.get_running_loop()
+            while True:
+                self._wake.clear()
+                rows = await conn.fetch(
+                    "SELECT id, topic, key, type, headers, payload FROM outbox ORDER BY id LIMIT $1",
+                    self.batch_size,
+                )
+                if loop.time() - last_count > 1.0 or not rows:
+                    pending = await conn.fetchval("SELECT count(*) FROM outbox")
+                    OUTBOX_PENDING.labels(self.service).set(pending)
+                    last_count = loop.time()
+                if not rows:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+                    except TimeoutError:
+                        pass
+                    continue
+                try:
+                    await self._publish(rows)
+                except (KafkaError, OSError) as e:
+                    log.warning(
+                        "outbox.publish_failed",
+                        error=str(e) or type(e).__name__,
+                        pending=len(rows),
+                        retry_in=backoff,
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.backoff_max)
+                    continue
+                backoff = 0.1
+                await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+                self.delivered += len(rows)
+        finally:
+            await conn.remove_listener(channel, self.wake)
+            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", lock_key)
+
+    async def _publish(self, rows: Sequence[asyncpg.Record]) -> None:
+        producer = self.bus.producer
+        futures = []
+        for r in rows:
+            headers = json.loads(r["headers"]) if isinstance(r["headers"], str) else r["headers"]
+            futures.append(
+                await producer.send(
+                    self.bus.physical(r["topic"]),
+                    value=bytes(r["payload"]),
+                    key=r["key"].encode() if r["key"] is not None else None,
+                    headers=kafka_headers(headers),
+                )
+            )
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        for r in rows:
+            EVENTS_PUBLISHED.labels(self.service, r["topic"], r["type"]).inc()

@@ -1,0 +1,141 @@
+"""Settings every service shares, read from ``DCOSTACK_*`` environment variables.
+
+Settings are constructed once in each service's ``main()`` and passed down; nothing reads the
+environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from typing import Any, ClassVar, Self, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "DCOSTACK_"
+DEV_SECRET_KEY = "dev-insecure-secret-key"  # refused outside dev by a validator
+
+
+class Environment(StrEnum):
+    DEV = "dev"
+    TEST = "test"
+    PROD = "prod"
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
+    AUTO = "auto"
+
+
+class ServiceSettings(BaseSettings):
+    """What every DCOSTACK process needs: where PostgreSQL and Kafka are, how to log and trace."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        env_file=None,
+    )
+
+    service_name: ClassVar[str] = "dcostack"
+    default_http_port: ClassVar[int] = 8080
+
+    env: Environment = Environment.DEV
+    database_url: str = "postgresql://127.0.0.1:5432/dcostack"
+    database_schema: str = Field(default="", description="PostgreSQL schema; defaults to the service name")
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_topic_prefix: str = Field(
+        default="", description="Prefix added to every topic and consumer group (tests, shared clusters)"
+    )
+    kafka_partitions: int = Field(default=6, ge=1, le=1000)
+    kafka_replication_factor: int = Field(default=1, ge=1, le=10)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=0, ge=0, le=65535, description="0 means the service's default port")
+    log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.AUTO
+    otel_exporter_otlp_endpoint: str | None = None
+    secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
+    startup_timeout_seconds: float = Field(
+        default=30.0, ge=0.5, description="How long to wait for PostgreSQL and Kafka at start"
+    )
+    handler_max_attempts: int = Field(default=5, ge=1, le=100)
+    retry_backoff_seconds: float = Field(default=0.2, gt=0)
+    retry_backoff_max_seconds: float = Field(default=10.0, gt=0)
+    consumer_batch_size: int = Field(default=500, ge=1, le=10000)
+    outbox_batch_size: int = Field(default=1000, ge=1, le=10000)
+    outbox_poll_seconds: float = Field(default=1.0, gt=0, description="Fallback poll when no NOTIFY arrives")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @model_validator(mode="after")
+    def _enforce_non_default_secrets(self) -> Self:
+        if self.env != Environment.DEV and self.secret_key.get_secret_value() == DEV_SECRET_KEY:
+            raise ValueError(
+                f"{ENV_PREFIX}SECRET_KEY is the development default while {ENV_PREFIX}ENV={self.env.value}; "
+                f"set {ENV_PREFIX}SECRET_KEY to a random value (e.g. `openssl rand -hex 32`)"
+            )
+        return self
+
+    @property
+    def db_schema(self) -> str:
+        return self.database_schema or self.service_name
+
+    @property
+    def port(self) -> int:
+        return self.http_port or self.default_http_port
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+class SettingsError(Exception):
+    """Settings could not be read; ``str()`` is one line per problem, naming the variable and the fix."""
+
+
+def _variable_for(loc: tuple[Any, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(part).upper() for part in loc if part != "__root__")
+
+
+def load_settings(cls: type[S], **overrides: Any) -> S:
+    """Build settings or raise :class:`SettingsError` with a readable message per bad variable."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            if err["loc"]:
+                var = _variable_for(err["loc"])
+                given = os.environ.get(var)
+                shown = f" (got {given!r})" if given is not None else ""
+                lines.append(f"{var}{shown}: {err['msg']}")
+            else:
+                lines.append(str(err["msg"]).removeprefix("Value error, "))
+        raise SettingsError("; ".join(lines)) from None
+
+
+def unknown_variables(cls: type[ServiceSettings]) -> list[str]:
+    """``DCOSTACK_*`` variables that no setting reads: almost always a typo."""
+    known = {ENV_PREFIX + name.upper() for name in cls.model_fields}
+    extra = {
+        "DCOSTACK_TEST_DATABASE_URL",
+        "DCOSTACK_TEST_KAFKA",
+        "DCOSTACK_TEST_CLOUD",
+        "DCOSTACK_DEVCLOUD_HOME",
+    }
+    return sorted(
+        name
+        for name in os.environ
+        if name.startswith(ENV_PREFIX)
+        and name not in known
+        and name not in extra
+        and not any(name.startswith(k + "__") for k in known)
+    )

@@ -1,0 +1,175 @@
+"""Process lifecycle of one service: PostgreSQL pool and migrations, Kafka producer, outbox relay,
+consumers and the HTTP server, started in order and stopped cleanly. ``run_service`` is every
+service's ``main()``."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import uvicorn
+from fastapi import FastAPI
+
+from shared.bus import EventConsumer, HandlerRegistry, KafkaBus, OutboxRelay
+from shared.config import ServiceSettings, SettingsError, load_settings, unknown_variables
+from shared.db import SHARED_MIGRATIONS, connect_pool, discover
+from shared.errors import DcostackError
+from shared.logging import configure_logging, get_logger
+from shared.telemetry import configure_tracing
+from shared.topics import consumer_group, dlq_topic
+
+log = get_logger(__name__)
+
+
+@dataclass
+class ServiceSpec:
+    """What makes one service: its name, settings, schema, the topics it consumes and owns, its API."""
+
+    name: str
+    settings_cls: type[ServiceSettings]
+    migrations_dir: Path
+    handlers: HandlerRegistry
+    consumes: list[str]
+    owns_topics: list[str]
+    create_app: Callable[[Runtime], FastAPI]
+    description: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Runtime:
+    def __init__(self, spec: ServiceSpec, settings: ServiceSettings) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.settings = settings
+        self.bus = KafkaBus(settings, client_id=f"dcostack-{spec.name}")
+        self._pool: asyncpg.Pool | None = None
+        self.relay: OutboxRelay | None = None
+        self.consumers: list[EventConsumer] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("Runtime.start() was not awaited")
+        return self._pool
+
+    async def start(self) -> None:
+        s = self.settings
+        self._pool = await connect_pool(
+            s.database_url,
+            s.db_schema,
+            size=s.database_pool_size,
+            wait_seconds=s.startup_timeout_seconds,
+            migrations=discover(SHARED_MIGRATIONS, self.spec.migrations_dir),
+        )
+        await self.bus.start()
+        group = consumer_group(self.name)
+        await self.bus.ensure_topics([*self.spec.owns_topics, *self.spec.consumes, dlq_topic(group)])
+        self.relay = OutboxRelay(
+            self.pool,
+            self.bus,
+            schema=s.db_schema,
+            service=self.name,
+            batch_size=s.outbox_batch_size,
+            poll_seconds=s.outbox_poll_seconds,
+            backoff_max=s.retry_backoff_max_seconds,
+        )
+        self.tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox-relay"))
+        if self.spec.consumes:
+            consumer = EventConsumer(
+                bus=self.bus,
+                pool=self.pool,
+                service=self.name,
+                group=group,
+                topics=self.spec.consumes,
+                handlers=self.spec.handlers,
+                batch_size=s.consumer_batch_size,
+                max_attempts=s.handler_max_attempts,
+                backoff=s.retry_backoff_seconds,
+                backoff_max=s.retry_backoff_max_seconds,
+                state=self,
+            )
+            self.consumers.append(consumer)
+            self.tasks.append(asyncio.create_task(consumer.run(), name=f"{self.name}-consumer"))
+        log.info("service.started", schema=s.db_schema, consumes=self.spec.consumes, group=group)
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+        await self.bus.stop()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def readiness(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(2):
+                await self.pool.fetchval("SELECT 1")
+            checks["database"] = "ok"
+        except Exception as e:
+            checks["database"] = f"unreachable: {e or type(e).__name__}"
+        try:
+            await self.bus.ping(2.0)
+            checks["kafka"] = "ok"
+        except DcostackError as e:
+            checks["kafka"] = f"unreachable: {e.__cause__ or e}"
+        for task in self.tasks:
+            if task.done():
+                checks[task.get_name()] = "stopped"
+        return checks
+
+
+async def serve(spec: ServiceSpec, settings: ServiceSettings) -> None:
+    runtime = Runtime(spec, settings)
+    await runtime.start()
+    try:
+        app = spec.create_app(runtime)
+        config = uvicorn.Config(
+            app,
+            host=settings.http_host,
+            port=settings.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        server_task = asyncio.create_task(server.serve(), name=f"{spec.name}-http")
+        watched = {server_task, *runtime.tasks}
+        done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not server_task and not task.cancelled() and task.exception() is not None:
+                exc = task.exception()
+                log.error("service.task_crashed", task=task.get_name(), error=repr(exc))
+                server.should_exit = True
+                await server_task
+                raise SystemExit(1) from exc
+    finally:
+        await runtime.stop()
+        log.info("service.stopped")
+
+
+def run_service(spec: ServiceSpec) -> None:
+    """The ``main()`` of every service: settings → logging/tracing → serve until signalled."""
+    try:
+        settings = load_settings(spec.settings_cls)
+    except SettingsError as e:
+        sys.stderr.write(f"dcostack-{spec.name}: invalid settings: {e}\n")
+        raise SystemExit(2) from None
+    configure_logging(spec.name, settings.log_level, settings.log_format)
+    for name in unknown_variables(spec.settings_cls):
+        log.warning("settings.unknown_variable", variable=name, hint="no setting reads it; check the spelling")
+    configure_tracing(spec.name, settings.otel_exporter_otlp_endpoint)
+    try:
+        asyncio.run(serve(spec, settings))
+    except DcostackError as e:
+        sys.stderr.write(f"dcostack-{spec.name}: cannot start: {e.detail}\n")
+        raise SystemExit(3) from None
+    except KeyboardInterrupt:
+        pass

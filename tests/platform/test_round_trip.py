@@ -1,0 +1,58 @@
+"""Every service as a real process; the planner's probe crosses Kafka to each domain service and back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tests.fixtures.platform import Platform, wait_for
+
+
+class TestRoundTrip:
+    def test_probe_reaches_every_service_and_answers_come_back_through_outboxes(
+        self, platform_factory: Callable[..., Platform]
+    ) -> None:
+        platform = platform_factory()
+        with platform.http("planner") as planner:
+            started = planner.post("/v1/probes", json={"count": 3})
+            assert started.status_code == 202, started.text
+            probe = started.json()
+            assert probe["targets"] == ["compute", "network", "storage", "monitor", "metering", "hybrid"]
+            probe_id = probe["probe_id"]
+
+            def complete() -> dict[str, object] | None:
+                body: dict[str, object] = planner.get(f"/v1/probes/{probe_id}").json()
+                return body if body["complete"] else None
+
+            done = wait_for(complete, 60, "every service to answer the probe")
+        assert done["answered"] == {t: 3 for t in probe["targets"]}
+        # Each domain service wrote its own state, visible through its own HTTP API.
+        for name in probe["targets"]:
+            with platform.http(name) as client:
+                answers = client.get(f"/v1/{name}/probes/{probe_id}").json()["answers"]
+            assert [a["seq"] for a in answers] == [0, 1, 2]
+
+    def test_unknown_target_is_refused_with_the_field_and_the_choices(
+        self, platform_factory: Callable[..., Platform]
+    ) -> None:
+        platform = platform_factory("planner")
+        with platform.http("planner") as planner:
+            r = planner.post("/v1/probes", json={"targets": ["compute", "dns"]})
+            assert r.status_code == 422
+            body = r.json()
+            assert body["field"] == "targets"
+            assert "dns" in body["detail"] and "compute" in body["detail"]
+            r = planner.post("/v1/probes", json={"count": 0})
+            assert r.status_code == 422
+            assert r.json()["errors"][0]["path"] == "body.count"
+
+    def test_unbuilt_capabilities_answer_501_naming_what_is_missing(
+        self, platform_factory: Callable[..., Platform]
+    ) -> None:
+        platform = platform_factory("planner", "compute")
+        with platform.http("compute") as compute:
+            r = compute.get("/v1/compute/servers")
+        assert r.status_code == 501
+        assert r.json()["error"] == "NotImplementedYet"
+        assert "issue #4" in r.json()["detail"]
+        with platform.http("planner") as planner:
+            assert planner.get("/v1/plans").status_code == 501
