@@ -66,6 +66,7 @@ class ServiceSettings(BaseSettings):
     retry_backoff_max_seconds: float = Field(default=10.0, gt=0)
     consumer_batch_size: int = Field(default=500, ge=1, le=10000)
     outbox_batch_size: int = Field(default=1000, ge=1, le=10000)
+    topic_check_seconds: float = Field(default=10.0, gt=0, description="How often missing topics are recreated")
     outbox_poll_seconds: float = Field(default=1.0, gt=0, description="Fallback poll when no NOTIFY arrives")
 
     @field_validator("log_level")

@@ -33,6 +33,10 @@ def configure_logging(service: str, level: str = "INFO", fmt: LogFormat = LogFor
     structlog.contextvars.bind_contextvars(service=service)
     # Libraries log through stdlib logging; keep them quiet unless something is wrong.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    # aiokafka logs every failed reconnect at ERROR, hundreds a second during a broker outage; our relay,
+    # consumers and /readyz report the outage once, with what to do.
+    if level.upper() != "DEBUG":
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -50,6 +50,7 @@ class Runtime:
         self.relay: OutboxRelay | None = None
         self.consumers: list[EventConsumer] = []
         self.tasks: list[asyncio.Task[None]] = []
+        self.topics: list[str] = []
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -68,7 +69,8 @@ class Runtime:
         )
         await self.bus.start()
         group = consumer_group(self.name)
-        await self.bus.ensure_topics([*self.spec.owns_topics, *self.spec.consumes, dlq_topic(group)])
+        self.topics = [*self.spec.owns_topics, *self.spec.consumes, dlq_topic(group)]
+        await self.bus.ensure_topics(self.topics)
         self.relay = OutboxRelay(
             self.pool,
             self.bus,
@@ -79,6 +81,7 @@ class Runtime:
             backoff_max=s.retry_backoff_max_seconds,
         )
         self.tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox-relay"))
+        self.tasks.append(asyncio.create_task(self._keep_topics(), name=f"{self.name}-topic-keeper"))
         if self.spec.consumes:
             consumer = EventConsumer(
                 bus=self.bus,
@@ -96,6 +99,17 @@ class Runtime:
             self.consumers.append(consumer)
             self.tasks.append(asyncio.create_task(consumer.run(), name=f"{self.name}-consumer"))
         log.info("service.started", schema=s.db_schema, consumes=self.spec.consumes, group=group)
+
+    async def _keep_topics(self) -> None:
+        """Recreate this service's topics if they disappear (a broker restored empty, an operator's
+        mistake); without them consumers and the relay cannot make progress."""
+        while True:
+            await asyncio.sleep(self.settings.topic_check_seconds)
+            try:
+                async with asyncio.timeout(10):
+                    await self.bus.ensure_topics(self.topics)
+            except Exception as e:
+                log.debug("bus.topic_check_failed", error=str(e) or type(e).__name__)
 
     async def stop(self) -> None:
         for task in self.tasks:

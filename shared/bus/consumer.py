@@ -73,6 +73,7 @@ class EventConsumer:
         backoff: float = 0.2,
         backoff_max: float = 10.0,
         state: Any = None,
+        commit_timeout: float = 15.0,
     ) -> None:
         self.bus = bus
         self.pool = pool
@@ -85,6 +86,7 @@ class EventConsumer:
         self.backoff = backoff
         self.backoff_max = backoff_max
         self.state = state
+        self.commit_timeout = commit_timeout
         self.dlq = dlq_topic(group)
         self.handled = 0
         self.assigned = asyncio.Event()
@@ -101,10 +103,11 @@ class EventConsumer:
                 for tp, records in batch.items():
                     await self._process_partition_batch(records)
                     try:
-                        await consumer.commit({tp: records[-1].offset + 1})
-                    except (CommitFailedError, IllegalStateError) as e:
-                        # Partition moved to another member; it will see these again and the inbox
-                        # makes the redelivery harmless.
+                        async with asyncio.timeout(self.commit_timeout):
+                            await consumer.commit({tp: records[-1].offset + 1})
+                    except (CommitFailedError, IllegalStateError, KafkaError, TimeoutError) as e:
+                        # The partition moved to another member or the broker is away; these events
+                        # may be delivered again, and the inbox makes that harmless.
                         log.warning("bus.commit_failed", group=self.group, partition=tp.partition, error=str(e))
         finally:
             await consumer.stop()

@@ -64,6 +64,17 @@ class KafkaBus:
             field="DCOSTACK_KAFKA_BOOTSTRAP_SERVERS",
         )
 
+    async def restart_producer(self) -> None:
+        """Replace a producer that stopped making progress (e.g. the broker came back empty)."""
+        old, self._producer = self._producer, None
+        if old is not None:
+            try:
+                async with asyncio.timeout(5):
+                    await old.stop()
+            except (KafkaError, OSError, TimeoutError) as e:
+                log.warning("bus.producer_stop_failed", error=str(e) or type(e).__name__)
+        await self.start()
+
     async def stop(self) -> None:
         if self._producer is not None:
             await self._producer.stop()

@@ -84,6 +84,7 @@ class OutboxRelay:
         batch_size: int,
         poll_seconds: float,
         backoff_max: float = 5.0,
+        publish_timeout: float = 30.0,
     ) -> None:
         self.pool = pool
         self.bus = bus
@@ -92,6 +93,7 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
         self.backoff_max = backoff_max
+        self.publish_timeout = publish_timeout
         self._wake = asyncio.Event()
         self.delivered = 0
 
@@ -139,8 +141,9 @@ class OutboxRelay:
                         pass
                     continue
                 try:
-                    await self._publish(rows)
-                except (KafkaError, OSError) as e:
+                    async with asyncio.timeout(self.publish_timeout):
+                        await self._publish(rows)
+                except (KafkaError, OSError, TimeoutError) as e:
                     log.warning(
                         "outbox.publish_failed",
                         error=str(e) or type(e).__name__,
@@ -149,6 +152,7 @@ class OutboxRelay:
                     )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self.backoff_max)
+                    await self._recover({r["topic"] for r in rows}, restart=isinstance(e, TimeoutError))
                     continue
                 backoff = 0.1
                 await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
@@ -156,6 +160,16 @@ class OutboxRelay:
         finally:
             await conn.remove_listener(channel, self.wake)
             await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", lock_key)
+
+    async def _recover(self, topics: set[str], *, restart: bool) -> None:
+        """After a failed publish: recreate missing topics (a broker may come back empty) and, when the
+        producer hung, replace it. Failures here are logged; the next attempt tries again."""
+        try:
+            if restart:
+                await self.bus.restart_producer()
+            await self.bus.ensure_topics(topics)
+        except Exception as e:
+            log.warning("outbox.recover_failed", error=str(e) or type(e).__name__)
 
     async def _publish(self, rows: Sequence[asyncpg.Record]) -> None:
         producer = self.bus.producer

@@ -40,7 +40,8 @@ class TestRoundTrip:
             assert r.status_code == 422
             body = r.json()
             assert body["field"] == "targets"
-            assert "dns" in body["detail"] and "compute" in body["detail"]
+            assert "dns" in body["detail"]
+            assert "compute" in body["detail"]
             r = planner.post("/v1/probes", json={"count": 0})
             assert r.status_code == 422
             assert r.json()["errors"][0]["path"] == "body.count"
