@@ -1,0 +1,173 @@
+"""``dcostack up``: broker and PostgreSQL if none is configured, then every service under one
+supervisor that restarts crashed services, shows their status, and stops everything on Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import httpx
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from services.cli.infra import TansuBroker, ensure_database, port_open, resolve_admin_dsn
+from services.cli.processes import DEFAULT_PORTS, SERVICES, ServiceProcess
+
+console = Console(stderr=True)
+
+
+@dataclass
+class UpOptions:
+    state_dir: Path
+    kafka_port: int = 9092
+    base_port: int = 8081
+    check: bool = False
+    probe_count: int = 1
+    ready_timeout: float = 90.0
+
+
+class Stop(Exception):
+    pass
+
+
+def _status_table(procs: dict[str, ServiceProcess], status: dict[str, str]) -> Table:
+    table = Table(title="DCOSTACK services", expand=False)
+    for col in ("service", "url", "pid", "status", "restarts"):
+        table.add_column(col)
+    for name, p in procs.items():
+        table.add_row(name, p.base_url, str(p.pid or "-"), status.get(name, "starting"), str(p.restarts))
+    return table
+
+
+def run_self_check(planner_url: str, count: int = 1, deadline_seconds: float = 60) -> tuple[bool, str]:
+    """Send a probe through Kafka to every domain service and wait for every answer."""
+    try:
+        return _self_check(planner_url, count, deadline_seconds)
+    except httpx.HTTPError as e:
+        return False, f"planner not reachable at {planner_url} ({e}); start the platform with `dcostack up`"
+
+
+def _self_check(planner_url: str, count: int, deadline_seconds: float) -> tuple[bool, str]:
+    started = time.monotonic()
+    with httpx.Client(base_url=planner_url, timeout=10) as client:
+        r = client.post("/v1/probes", json={"count": count})
+        if r.status_code != 202:
+            return False, f"planner refused the probe: {r.status_code} {r.text}"
+        probe_id = r.json()["probe_id"]
+        body = r.json()
+        while time.monotonic() - started < deadline_seconds:
+            body = client.get(f"/v1/probes/{probe_id}").json()
+            if body["complete"]:
+                ms = (time.monotonic() - started) * 1000
+                return True, f"{len(body['targets'])}/{len(body['targets'])} services answered in {ms:.0f} ms"
+            time.sleep(0.1)
+    return False, f"no answer from {', '.join(body['missing'])} within {deadline_seconds:.0f}s"
+
+
+def up(opts: UpOptions) -> int:
+    state = opts.state_dir
+    logs = state / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    broker: TansuBroker | None = None
+    procs: dict[str, ServiceProcess] = {}
+
+    def _signal(signum: int, _: FrameType | None) -> None:
+        raise Stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, _signal)
+    try:
+        # 1. Kafka
+        bootstrap = os.environ.get("DCOSTACK_KAFKA_BOOTSTRAP_SERVERS")
+        if bootstrap:
+            console.print(f"[bold]kafka[/]      configured: {bootstrap}")
+        else:
+            port = opts.kafka_port
+            if port_open("127.0.0.1", port):
+                raise SystemExit(
+                    f"port {port} is taken: set DCOSTACK_KAFKA_BOOTSTRAP_SERVERS to use that broker, "
+                    "or pass --kafka-port to start ours elsewhere"
+                )
+            broker = TansuBroker(port=port, log_path=logs / "kafka.log").start()
+            bootstrap = broker.bootstrap
+            console.print(
+                f"[bold]kafka[/]      started Tansu on {bootstrap} (memory storage; log {logs / 'kafka.log'})"
+            )
+        # 2. PostgreSQL
+        dsn, origin = resolve_admin_dsn(state)
+        if not os.environ.get("DCOSTACK_DATABASE_URL"):
+            dsn = asyncio.run(ensure_database(dsn, "dcostack"))
+        console.print(f"[bold]postgres[/]   {origin}")
+        # 3. Services
+        env = {
+            "DCOSTACK_DATABASE_URL": dsn,
+            "DCOSTACK_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "DCOSTACK_LOG_FORMAT": os.environ.get("DCOSTACK_LOG_FORMAT", "json"),
+        }
+        for i, name in enumerate(SERVICES):
+            port = opts.base_port + i if opts.base_port else DEFAULT_PORTS[name]
+            procs[name] = ServiceProcess(name, port, env, logs / f"{name}.log")
+            if port_open("127.0.0.1", port):
+                raise SystemExit(f"port {port} for {name} is taken; stop what uses it or pass --base-port")
+        for p in procs.values():
+            p.start()
+        status: dict[str, str] = {}
+        deadline = time.monotonic() + opts.ready_timeout
+        with Live(_status_table(procs, status), console=console, refresh_per_second=4) as live:
+            while len([s for s in status.values() if s == "ready"]) < len(procs):
+                for name, p in procs.items():
+                    if status.get(name) == "ready":
+                        continue
+                    if not p.running():
+                        status[name] = "[red]exited[/]"
+                        live.update(_status_table(procs, status))
+                        raise SystemExit(f"{name} exited while starting; its log ({p.log_path}) ends:\n{p.tail()}")
+                    status[name] = "ready" if p.ready() else "starting"
+                live.update(_status_table(procs, status))
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"services not ready after {opts.ready_timeout:.0f}s; logs in {logs}")
+                time.sleep(0.25)
+        ok, message = run_self_check(procs["planner"].base_url, opts.probe_count)
+        console.print(("[green]self-check passed[/]: " if ok else "[red]self-check failed[/]: ") + message)
+        if opts.check:
+            return 0 if ok else 1
+        console.print(
+            f"planner API: {procs['planner'].base_url}/docs   logs: {logs}   press Ctrl-C to stop",
+        )
+        with Live(_status_table(procs, status), console=console, refresh_per_second=1) as live:
+            backoff = {name: 1.0 for name in procs}
+            while True:
+                for name, p in procs.items():
+                    if not p.running():
+                        code = p.proc.returncode if p.proc else "?"
+                        status[name] = f"[yellow]restarting (exit {code})[/]"
+                        live.update(_status_table(procs, status))
+                        time.sleep(backoff[name])
+                        backoff[name] = min(backoff[name] * 2, 30)
+                        p.restarts += 1
+                        p.start()
+                    elif status.get(name) != "ready" and p.ready():
+                        status[name] = "ready"
+                        backoff[name] = 1.0
+                live.update(_status_table(procs, status))
+                time.sleep(1)
+    except (KeyboardInterrupt, Stop):
+        console.print("stopping…")
+        return 0
+    finally:
+        for name, p in procs.items():
+            p.stop()
+            console.print(f"  stopped {name}")
+        if broker is not None:
+            broker.stop()
+            console.print("  stopped kafka")
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "dcostack"

@@ -1,0 +1,190 @@
+"""The shared consumer against real PostgreSQL and a real broker: retries, dead letters, duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from shared.bus import EventConsumer, HandlerContext, HandlerRegistry, KafkaBus, OutboxRelay
+from shared.config import ServiceSettings
+from shared.db import SHARED_MIGRATIONS, connect_pool, discover
+from shared.errors import DcostackError, DependencyUnavailable
+from shared.events.envelope import encode_headers, encode_value, kafka_headers
+from shared.events.platform import ProbeAnsweredV1, RunProbeV1
+from shared.topics import commands_topic, dlq_topic, events_topic
+
+GROUP = "dcostack.test.main"
+
+
+class CloudSaysNo(DcostackError):
+    """A permanent failure: retrying cannot help."""
+
+
+@pytest.fixture
+async def harness(pg_dsn: str, kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[Harness]:
+    schema = "t_" + uuid.uuid4().hex[:8]
+    settings = ServiceSettings(
+        database_url=pg_dsn, kafka_bootstrap_servers=kafka_bootstrap, kafka_topic_prefix=topic_prefix
+    )
+    pool = await connect_pool(
+        pg_dsn, schema, size=4, wait_seconds=5, migrations=discover(SHARED_MIGRATIONS, Path("/nonexistent"))
+    )
+    bus = KafkaBus(settings, client_id="test")
+    await bus.start()
+    await bus.ensure_topics([commands_topic("compute"), events_topic("compute"), dlq_topic(GROUP)])
+    h = Harness(pool, bus, schema)
+    yield h
+    for task in h.tasks:
+        task.cancel()
+    await asyncio.gather(*h.tasks, return_exceptions=True)
+    await bus.stop()
+    await pool.close()
+
+
+class Harness:
+    def __init__(self, pool: asyncpg.Pool, bus: KafkaBus, schema: str) -> None:
+        self.pool = pool
+        self.bus = bus
+        self.schema = schema
+        self.tasks: list[asyncio.Task[None]] = []
+        self.calls: dict[int, int] = {}
+
+    def run_consumer(self, handlers: HandlerRegistry) -> EventConsumer:
+        consumer = EventConsumer(
+            bus=self.bus,
+            pool=self.pool,
+            service="test",
+            group=GROUP,
+            topics=[commands_topic("compute")],
+            handlers=handlers,
+            max_attempts=4,
+            backoff=0.01,
+            backoff_max=0.05,
+        )
+        self.tasks.append(asyncio.create_task(consumer.run()))
+        relay = OutboxRelay(self.pool, self.bus, schema=self.schema, service="test", batch_size=100, poll_seconds=0.2)
+        self.tasks.append(asyncio.create_task(relay.run()))
+        return consumer
+
+    async def send(self, *seqs: int, probe_id: uuid.UUID, event_id: str | None = None) -> None:
+        """Produce commands straight to Kafka, as another system would (the same id repeats if given)."""
+        for seq in seqs:
+            data = RunProbeV1(probe_id=probe_id, seq=seq, target="compute", requested_at=datetime.now(UTC))
+            headers = encode_headers(data, source="/tests", event_id=event_id or str(uuid.uuid4()))
+            await self.bus.producer.send_and_wait(
+                self.bus.physical(commands_topic("compute")),
+                value=encode_value(data),
+                key=str(probe_id).encode(),
+                headers=kafka_headers(headers),
+            )
+
+    async def handled(self) -> list[int]:
+        rows = await self.pool.fetch("SELECT seq FROM probe_answers ORDER BY id")
+        return [r["seq"] for r in rows]
+
+    async def wait_handled(self, n: int) -> list[int]:
+        for _ in range(300):
+            got = await self.handled()
+            if len(got) >= n:
+                return got
+            await asyncio.sleep(0.05)
+        pytest.fail(f"expected {n} handled events, got {await self.handled()}")
+
+    async def dead_letters(self, n: int) -> list[dict[str, str]]:
+        consumer = AIOKafkaConsumer(
+            self.bus.physical(dlq_topic(GROUP)),
+            bootstrap_servers=self.bus.bootstrap,
+            auto_offset_reset="earliest",
+            group_id=self.bus.physical("dlq-reader"),
+        )
+        await consumer.start()
+        found: list[dict[str, str]] = []
+        try:
+            for _ in range(40):
+                for records in (await consumer.getmany(timeout_ms=250)).values():
+                    found += [{k: v.decode() for k, v in r.headers} for r in records]
+                if len(found) >= n:
+                    break
+        finally:
+            await consumer.stop()
+        return found
+
+
+def flaky_handlers(h: Harness) -> HandlerRegistry:
+    """seq 7 fails twice with a retriable error, seq 13 always fails permanently, others succeed."""
+    handlers = HandlerRegistry()
+
+    @handlers.handles(RunProbeV1)
+    async def handle(cmd: RunProbeV1, ctx: HandlerContext) -> None:
+        h.calls[cmd.seq] = h.calls.get(cmd.seq, 0) + 1
+        await ctx.tx.execute(
+            "INSERT INTO probe_answers (probe_id, seq, event_id) VALUES ($1, $2, $3)",
+            cmd.probe_id,
+            cmd.seq,
+            ctx.envelope.id,
+        )
+        if cmd.seq == 7 and h.calls[7] <= 2:
+            raise DependencyUnavailable("nova answered 503")
+        if cmd.seq == 13:
+            raise CloudSaysNo("flavor m1.huge not found")
+        ctx.publish(
+            ProbeAnsweredV1(probe_id=cmd.probe_id, seq=cmd.seq, service="test", answered_at=datetime.now(UTC)),
+            topic=events_topic("compute"),
+            key=str(cmd.probe_id),
+        )
+
+    return handlers
+
+
+class TestConsumer:
+    async def test_retriable_error_is_retried_and_permanent_one_dead_lettered_while_others_go_on(
+        self, harness: Harness
+    ) -> None:
+        harness.run_consumer(flaky_handlers(harness))
+        probe_id = uuid.uuid4()
+        await harness.send(*range(20), probe_id=probe_id)
+        handled = await harness.wait_handled(19)
+        await asyncio.sleep(0.3)
+        handled = await harness.handled()
+        # The failed attempts' writes were rolled back: each event's effect exists once.
+        assert sorted(handled) == [s for s in range(20) if s != 13]
+        assert harness.calls[7] == 3
+        dead = await harness.dead_letters(1)
+        assert len(dead) == 1
+        assert dead[0]["dcostack_dlq_reason"] == "handler_error"
+        assert "CloudSaysNo: flavor m1.huge not found" in dead[0]["dcostack_dlq_detail"]
+        # Follow-up events of the handled ones are in the outbox or already relayed, never for seq 13.
+        answered = await harness.pool.fetchval("SELECT count(*) FROM outbox WHERE payload::text LIKE '%\"seq\":13%'")
+        assert answered == 0
+
+    async def test_redelivered_event_is_handled_once(self, harness: Harness) -> None:
+        harness.run_consumer(flaky_handlers(harness))
+        probe_id = uuid.uuid4()
+        for _ in range(3):  # the same event id three times, as a producer retry or a replay would send it
+            await harness.send(1, probe_id=probe_id, event_id="same-event-id")
+        await harness.send(2, probe_id=probe_id)
+        await harness.wait_handled(2)
+        await asyncio.sleep(0.5)
+        assert await harness.handled() == [1, 2]
+
+    async def test_retriable_error_that_never_clears_is_dead_lettered_after_max_attempts(
+        self, harness: Harness
+    ) -> None:
+        handlers = HandlerRegistry()
+
+        @handlers.handles(RunProbeV1)
+        async def always_busy(cmd: RunProbeV1, ctx: HandlerContext) -> None:
+            raise DependencyUnavailable("keystone is down")
+
+        harness.run_consumer(handlers)
+        await harness.send(0, probe_id=uuid.uuid4())
+        dead = await harness.dead_letters(1)
+        assert [d["dcostack_dlq_reason"] for d in dead] == ["retries_exhausted"]
+        assert "after 4 attempts" in dead[0]["dcostack_dlq_detail"]
