@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 from pathlib import Path
 from typing import Annotated
 
@@ -51,7 +52,7 @@ def check_command(
 
 def _mount_devcloud() -> None:
     try:
-        from devcloud.cli import app as devcloud_app
+        devcloud_app = importlib.import_module("devcloud.cli").app
     except ImportError:  # devcloud is optional for the platform's own commands
         return
     app.add_typer(devcloud_app, name="devcloud", help="A real OpenStack on this machine (fake hypervisor).")

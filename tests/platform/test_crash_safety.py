@@ -104,12 +104,11 @@ class TestBrokerOutage:
             assert scalar(dsn, "SELECT count(*) FROM planner.outbox") == 200
 
             outage.restore()
-            for probe_id in probes:
-                wait_for(
-                    lambda p=probe_id: planner.get(f"/v1/probes/{p}").json()["complete"],
-                    120,
-                    f"probe {probe_id} to complete after the broker came back",
-                )
+
+            def all_complete() -> bool:
+                return all(planner.get(f"/v1/probes/{p}").json()["complete"] for p in probes)
+
+            wait_for(all_complete, 120, "every probe to complete after the broker came back")
         assert scalar(dsn, "SELECT count(*) FROM planner.outbox") == 0
         # In order per key: each probe's commands were handled in the order they were accepted.
         for probe_id in probes:

@@ -53,6 +53,7 @@ class TestRoundTrip:
             json.loads(data.model_dump_json()),
         )
         msg = to_binary(event)
+        assert isinstance(msg.value, bytes)
         env = decode(list(msg.headers.items()), msg.value)
         assert env.data == data
         assert env.source == "/other-system"

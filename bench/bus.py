@@ -1,0 +1,231 @@
+"""Bus throughput and latency: outbox → broker → consumer → inbox + handler write, with exactly-once
+effect, next to raw aiokafka produce → consume on the same broker in the same run.
+
+    uv run python -m bench.bus [--events 50000] [--rate 2000] [--seconds 10]
+
+Uses the Tansu broker and the local PostgreSQL (or DCOSTACK_TEST_KAFKA / DCOSTACK_TEST_DATABASE_URL).
+The relay runs in this process and the consumer in a second one, as two services would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from services.cli.infra import LOCAL_PG, TansuBroker, drop_database, ensure_database
+from shared.bus import EventConsumer, HandlerContext, HandlerRegistry, KafkaBus, OutboxRelay
+from shared.bus.outbox import make_outbox_row, write_outbox
+from shared.config import ServiceSettings
+from shared.db import SHARED_MIGRATIONS, connect_pool, discover
+from shared.events.platform import RunProbeV1
+from shared.topics import commands_topic
+
+TOPIC = commands_topic("compute")
+GROUP = "dcostack.bench.main"
+NO_MIGRATIONS = Path("/nonexistent")
+
+
+def settings(dsn: str, bootstrap: str, prefix: str) -> ServiceSettings:
+    return ServiceSettings(
+        database_url=dsn, kafka_bootstrap_servers=bootstrap, kafka_topic_prefix=prefix, kafka_partitions=6
+    )
+
+
+async def raw_kafka(bootstrap: str, n: int, prefix: str) -> float:
+    """Events/s for plain aiokafka: n 200-byte messages produced and consumed by a group that has
+    already joined (the join is not timed, as it is not for the bus below)."""
+    topic = f"{prefix}raw"
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+    await producer.start()
+    await producer.send_and_wait(topic, b"warm-up")
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=f"{prefix}raw", auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    got = -1  # the warm-up message
+    while not consumer.assignment() or got < 0:
+        for records in (await consumer.getmany(timeout_ms=200)).values():
+            got += len(records)
+    started = time.perf_counter()
+
+    async def produce() -> None:
+        futures = [await producer.send(topic, b"x" * 200, key=str(i % 64).encode()) for i in range(n)]
+        await asyncio.gather(*futures)
+
+    producing = asyncio.create_task(produce())
+    got = 0
+    while got < n:
+        for records in (await consumer.getmany(timeout_ms=1000, max_records=5000)).values():
+            got += len(records)
+    elapsed = time.perf_counter() - started
+    await producing
+    await consumer.stop()
+    await producer.stop()
+    return n / elapsed
+
+
+async def wait_count(pool: asyncpg.Pool, target: int, interval: float) -> None:
+    while await count(pool) < target:  # noqa: ASYNC110 - the count lives in PostgreSQL, not in this process
+        await asyncio.sleep(interval)
+
+
+def handlers() -> HandlerRegistry:
+    registry = HandlerRegistry()
+
+    @registry.handles(RunProbeV1)
+    async def handle(cmd: RunProbeV1, ctx: HandlerContext) -> None:
+        await ctx.tx.execute(
+            "INSERT INTO probe_answers (probe_id, seq, event_id, answered_at) VALUES ($1, $2, $3, $4)",
+            cmd.probe_id,
+            cmd.seq,
+            ctx.envelope.id,
+            cmd.requested_at,
+        )
+
+    return registry
+
+
+def consumer_process(dsn: str, bootstrap: str, prefix: str, schema: str, ready: mp.Event) -> None:  # type: ignore[valid-type]
+    async def main() -> None:
+        s = settings(dsn, bootstrap, prefix)
+        pool = await connect_pool(dsn, schema, size=4, wait_seconds=10, migrations=None)
+        bus = KafkaBus(s, client_id="bench-consumer")
+        await bus.start()
+        consumer = EventConsumer(
+            bus=bus, pool=pool, service="bench", group=GROUP, topics=[TOPIC], handlers=handlers(), batch_size=1000
+        )
+        task = asyncio.create_task(consumer.run())
+        await consumer.assigned.wait()
+        ready.set()  # type: ignore[attr-defined]
+        await task
+
+    asyncio.run(main())
+
+
+async def fill_outbox(pool: asyncpg.Pool, n: int, probe_id: uuid.UUID, keys: int = 64) -> None:
+    for start in range(0, n, 2000):
+        rows = [
+            make_outbox_row(
+                RunProbeV1(probe_id=probe_id, seq=i, target="compute", requested_at=datetime.now(UTC)),
+                source="/bench",
+                topic=TOPIC,
+                key=str(i % keys),
+            )
+            for i in range(start, min(n, start + 2000))
+        ]
+        async with pool.acquire() as conn, conn.transaction():
+            await write_outbox(conn, rows)
+
+
+async def count(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval("SELECT count(*) FROM probe_answers"))
+
+
+async def end_to_end(dsn: str, bootstrap: str, n: int, rate: int, seconds: float) -> dict[str, float]:
+    prefix = f"b{uuid.uuid4().hex[:6]}."
+    schema = "bench_" + uuid.uuid4().hex[:6]
+    pool = await connect_pool(
+        dsn, schema, size=4, wait_seconds=10, migrations=discover(SHARED_MIGRATIONS, NO_MIGRATIONS)
+    )
+    s = settings(dsn, bootstrap, prefix)
+    bus = KafkaBus(s, client_id="bench-relay")
+    await bus.start()
+    await bus.ensure_topics([TOPIC])
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=consumer_process, args=(dsn, bootstrap, prefix, schema, ready), daemon=True)
+    proc.start()
+    # Warm up: the consumer joins its group and handles a first event.
+    relay = OutboxRelay(pool, bus, schema=schema, service="bench", batch_size=2000, poll_seconds=0.05)
+    relay_task = asyncio.create_task(relay.run())
+    await fill_outbox(pool, 1, uuid.uuid4())
+    await asyncio.get_running_loop().run_in_executor(None, ready.wait, 60)
+    await wait_count(pool, 1, 0.05)
+    relay_task.cancel()
+    await asyncio.gather(relay_task, return_exceptions=True)
+    # Throughput: n events waiting in the outbox, then relay + consume until all handled.
+    await fill_outbox(pool, n, uuid.uuid4())
+    started = time.perf_counter()
+    relay_task = asyncio.create_task(relay.run())
+    await wait_count(pool, n + 1, 0.02)
+    throughput = n / (time.perf_counter() - started)
+    # Latency: a steady rate well under the throughput; request time → handler's commit.
+    probe_id = uuid.uuid4()
+    ticks = int(seconds * 20)
+    per_tick = max(1, rate // 20)
+    for _ in range(ticks):
+        tick = time.perf_counter()
+        await fill_outbox(pool, per_tick, probe_id)
+        await asyncio.sleep(max(0.0, 0.05 - (time.perf_counter() - tick)))
+    total = n + 1 + ticks * per_tick
+    await wait_count(pool, total, 0.05)
+    rows = await pool.fetch(
+        "SELECT extract(epoch FROM (handled_at - answered_at)) * 1000 AS ms FROM probe_answers p "
+        "JOIN inbox i ON i.event_id = p.event_id WHERE p.probe_id = $1",
+        probe_id,
+    )
+    latencies = sorted(float(r["ms"]) for r in rows)
+    dup = await pool.fetchval("SELECT count(*) - count(DISTINCT event_id) FROM probe_answers")
+    relay_task.cancel()
+    await asyncio.gather(relay_task, return_exceptions=True)
+    proc.terminate()
+    proc.join(10)
+    await bus.stop()
+    await pool.execute(f"DROP SCHEMA {schema} CASCADE")
+    await pool.close()
+    return {
+        "throughput": throughput,
+        "p50": statistics.median(latencies),
+        "p99": latencies[int(len(latencies) * 0.99) - 1],
+        "samples": len(latencies),
+        "duplicates": float(dup),
+    }
+
+
+async def amain(args: argparse.Namespace) -> None:
+    broker = None
+    bootstrap = os.environ.get("DCOSTACK_TEST_KAFKA")
+    if not bootstrap:
+        broker = TansuBroker().start()
+        bootstrap = broker.bootstrap
+    admin = os.environ.get("DCOSTACK_TEST_DATABASE_URL", LOCAL_PG)
+    db = f"dcostack_bench_{uuid.uuid4().hex[:6]}"
+    dsn = await ensure_database(admin, db)
+    try:
+        raw = await raw_kafka(bootstrap, args.events, f"r{uuid.uuid4().hex[:6]}.")
+        e2e = await end_to_end(dsn, bootstrap, args.events, args.rate, args.seconds)
+    finally:
+        await drop_database(admin, db)
+        if broker:
+            broker.stop()
+    print(f"events: {args.events}, cores: {os.cpu_count()}")  # noqa: T201
+    print(f"raw aiokafka produce→consume:          {raw:10.0f} events/s")  # noqa: T201
+    print(f"outbox→broker→consumer→inbox+handler:  {e2e['throughput']:10.0f} events/s (exactly-once effect)")  # noqa: T201
+    print(f"ratio end-to-end / raw:                {e2e['throughput'] / raw:10.2f}")  # noqa: T201
+    print(  # noqa: T201
+        f"latency at {args.rate} events/s for {args.seconds:.0f}s (request → handler commit): "
+        f"p50 {e2e['p50']:.1f} ms, p99 {e2e['p99']:.1f} ms over {e2e['samples']:.0f} events"
+    )
+    print(f"duplicate effects: {e2e['duplicates']:.0f}")  # noqa: T201
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=50000)
+    parser.add_argument("--rate", type=int, default=2000, help="events/s for the latency run")
+    parser.add_argument("--seconds", type=float, default=10)
+    asyncio.run(amain(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
