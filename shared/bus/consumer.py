@@ -100,15 +100,19 @@ class EventConsumer:
                 batch = await consumer.getmany(timeout_ms=500, max_records=self.batch_size)
                 if consumer.assignment():
                     self.assigned.set()
-                for tp, records in batch.items():
-                    await self._process_partition_batch(records)
-                    try:
-                        async with asyncio.timeout(self.commit_timeout):
-                            await consumer.commit({tp: records[-1].offset + 1})
-                    except (CommitFailedError, IllegalStateError, KafkaError, TimeoutError) as e:
-                        # The partition moved to another member or the broker is away; these events
-                        # may be delivered again, and the inbox makes that harmless.
-                        log.warning("bus.commit_failed", group=self.group, partition=tp.partition, error=str(e))
+                if not batch:
+                    continue
+                # Partitions are independent: handle them concurrently, each in its own order and
+                # transactions, then commit every partition's offset in one request.
+                await asyncio.gather(*(self._process_partition_batch(records) for records in batch.values()))
+                offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+                try:
+                    async with asyncio.timeout(self.commit_timeout):
+                        await consumer.commit(offsets)
+                except (CommitFailedError, IllegalStateError, KafkaError, TimeoutError) as e:
+                    # A partition moved to another member or the broker is away; these events may be
+                    # delivered again, and the inbox makes that harmless.
+                    log.warning("bus.commit_failed", group=self.group, error=str(e) or type(e).__name__)
         finally:
             await consumer.stop()
 
@@ -122,7 +126,7 @@ class EventConsumer:
                 items = []
                 await self._dead_letter(record, e.reason, e.detail)
                 continue
-            if self.handlers.get(envelope.type) is None:
+            if not self.handlers.handles_type(envelope.type):
                 # A registered type this group does not act on: topics carry many types.
                 EVENTS_CONSUMED.labels(self.service, record.topic, envelope.type, "ignored").inc()
                 continue
@@ -189,15 +193,20 @@ class EventConsumer:
             }
             outcomes: list[tuple[_Item, str]] = []
             outbox = []
+            batched: dict[str, list[HandlerContext]] = {}
             for item in items:
                 env = item.envelope
                 if env.id not in fresh:
                     outcomes.append((item, "duplicate"))
                     continue
                 fresh.discard(env.id)  # the same id twice in one batch is handled once
+                ctx = HandlerContext(tx=conn, envelope=env, source=self.service, state=self.state)
+                outcomes.append((item, "handled"))
+                if self.handlers.get_batch(env.type) is not None:
+                    batched.setdefault(env.type, []).append(ctx)
+                    continue
                 handler = self.handlers.get(env.type)
                 assert handler is not None
-                ctx = HandlerContext(tx=conn, envelope=env, source=self.service, state=self.state)
                 started = time.perf_counter()
                 with (
                     _tracer.start_as_current_span(
@@ -213,7 +222,19 @@ class EventConsumer:
                     await handler(env.data, ctx)
                 HANDLER_DURATION.labels(self.service, env.type).observe(time.perf_counter() - started)
                 outbox.extend(ctx.outbox)
-                outcomes.append((item, "handled"))
+            for type_, contexts in batched.items():
+                batch_handler = self.handlers.get_batch(type_)
+                assert batch_handler is not None
+                started = time.perf_counter()
+                with _tracer.start_as_current_span(
+                    f"handle batch {type_}",
+                    kind=trace.SpanKind.CONSUMER,
+                    attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(contexts)},
+                ):
+                    await batch_handler(contexts)
+                HANDLER_DURATION.labels(self.service, type_).observe(time.perf_counter() - started)
+                for ctx in contexts:
+                    outbox.extend(ctx.outbox)
             await write_outbox(conn, outbox)
         self.handled += sum(1 for _, o in outcomes if o == "handled")
         for item, outcome in outcomes:

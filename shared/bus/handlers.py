@@ -15,6 +15,7 @@ from shared.events.envelope import Envelope
 D = TypeVar("D", bound=EventData)
 Handler = Callable[[Any, "HandlerContext"], Awaitable[None]]
 TypedHandler = Callable[[D, "HandlerContext"], Awaitable[None]]
+BatchHandler = Callable[[list["HandlerContext"]], Awaitable[None]]
 
 
 @dataclass
@@ -58,12 +59,27 @@ class HandlerRegistry:
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._batch: dict[str, BatchHandler] = {}
 
     def handles(self, event_type: type[D]) -> Callable[[TypedHandler[D]], Handler]:
         def decorator(fn: TypedHandler[D]) -> Handler:
-            if event_type.TYPE in self._handlers:
+            if self.handles_type(event_type.TYPE):
                 raise ValueError(f"{event_type.TYPE} already has a handler in this registry")
             self._handlers[event_type.TYPE] = fn
+            return fn
+
+        return decorator
+
+    def handles_batch(self, event_type: type[EventData]) -> Callable[[BatchHandler], BatchHandler]:
+        """Register a handler that gets every new event of ``event_type`` in a consumer transaction at
+        once (``ctx.envelope.data`` is each payload), for high-volume streams where a handler can write
+        with one ``executemany``. Batch handlers run after the per-event handlers of the same
+        transaction, so use them only where order relative to other types does not matter."""
+
+        def decorator(fn: BatchHandler) -> BatchHandler:
+            if self.handles_type(event_type.TYPE):
+                raise ValueError(f"{event_type.TYPE} already has a handler in this registry")
+            self._batch[event_type.TYPE] = fn
             return fn
 
         return decorator
@@ -71,6 +87,12 @@ class HandlerRegistry:
     def get(self, event_type: str) -> Handler | None:
         return self._handlers.get(event_type)
 
+    def get_batch(self, event_type: str) -> BatchHandler | None:
+        return self._batch.get(event_type)
+
+    def handles_type(self, event_type: str) -> bool:
+        return event_type in self._handlers or event_type in self._batch
+
     @property
     def types(self) -> list[str]:
-        return sorted(self._handlers)
+        return sorted({*self._handlers, *self._batch})

@@ -114,6 +114,7 @@ class KafkaBus:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=max_records,
+            fetch_max_wait_ms=100,
             session_timeout_ms=10000,
             heartbeat_interval_ms=1000,
         )
