@@ -10,7 +10,6 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.routing import Match
 
 from shared.errors import DcostackError, NotImplementedYet
 from shared.metrics import HTTP_DURATION, HTTP_REQUESTS
@@ -41,8 +40,9 @@ def create_base_app(runtime: Runtime, *, title: str, description: str) -> FastAP
     @app.middleware("http")
     async def _metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
-        route = _route_template(app, request)
         response = await call_next(request)
+        # The router records the matched route in the scope; its template keeps label cardinality low.
+        route = str(getattr(request.scope.get("route"), "path", "unmatched"))
         HTTP_REQUESTS.labels(service, request.method, route, str(response.status_code)).inc()
         HTTP_DURATION.labels(service, request.method, route).observe(time.perf_counter() - started)
         return response
@@ -67,14 +67,6 @@ def create_base_app(runtime: Runtime, *, title: str, description: str) -> FastAP
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-def _route_template(app: FastAPI, request: Request) -> str:
-    for route in app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match == Match.FULL:
-            return str(getattr(route, "path", "other"))
-    return "unmatched"
 
 
 def not_implemented(capability: str, arrives_with: str) -> Any:

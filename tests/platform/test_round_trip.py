@@ -30,6 +30,20 @@ class TestRoundTrip:
             with platform.http(name) as client:
                 answers = client.get(f"/v1/{name}/probes/{probe_id}").json()["answers"]
             assert [a["seq"] for a in answers] == [0, 1, 2]
+        # What happened is visible to Prometheus.
+        with platform.http("compute") as compute:
+            metrics = compute.get("/metrics").text
+        assert (
+            'dcostack_events_consumed_total{outcome="handled",service="compute",'
+            f'topic="{platform.prefix}dcostack.compute.commands",type="io.dcostack.platform.probe.run.v1"}} 3.0'
+        ) in metrics
+        with platform.http("planner") as planner:
+            metrics = planner.get("/metrics").text
+        assert 'dcostack_events_published_total{service="planner",topic="dcostack.compute.commands"' in metrics
+        assert (
+            'dcostack_http_requests_total{method="POST",route="/v1/probes",service="planner",status="202"} 1.0'
+            in metrics
+        )
 
     def test_unknown_target_is_refused_with_the_field_and_the_choices(
         self, platform_factory: Callable[..., Platform]

@@ -188,3 +188,37 @@ class TestConsumer:
         dead = await harness.dead_letters(1)
         assert [d["dcostack_dlq_reason"] for d in dead] == ["retries_exhausted"]
         assert "after 4 attempts" in dead[0]["dcostack_dlq_detail"]
+
+
+class TestTracing:
+    async def test_trace_context_travels_from_the_publisher_to_the_handler(self, harness: Harness) -> None:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+
+        from shared.bus.outbox import make_outbox_row, write_outbox
+
+        if not isinstance(trace.get_tracer_provider(), TracerProvider):
+            trace.set_tracer_provider(TracerProvider())
+        seen: list[int] = []
+        handlers = HandlerRegistry()
+
+        @handlers.handles(RunProbeV1)
+        async def record_trace(cmd: RunProbeV1, ctx: HandlerContext) -> None:
+            seen.append(trace.get_current_span().get_span_context().trace_id)
+
+        harness.run_consumer(handlers)
+        with trace.get_tracer("tests").start_as_current_span("POST /v1/probes") as span:
+            row = make_outbox_row(
+                RunProbeV1(probe_id=uuid.uuid4(), target="compute", requested_at=datetime.now(UTC)),
+                source="/tests",
+                topic=commands_topic("compute"),
+            )
+            async with harness.pool.acquire() as conn, conn.transaction():
+                await write_outbox(conn, [row])
+            expected = span.get_span_context().trace_id
+        assert "ce_traceparent" in row.headers
+        for _ in range(200):
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+        assert seen == [expected]
