@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -98,7 +99,7 @@ def test_a_whole_service_is_built_and_torn_down_leaving_nothing(
             name=f"{n}-web{i}", flavor_id=flavor.id, image_id=image.id, networks=[{"uuid": net.id}],
             security_groups=[{"name": sg.name}], scheduler_hints={"group": group.id},
         )  # fmt: skip
-        cleanup.add("server", lambda s=server: _delete_server(conn, s))
+        cleanup.add("server", functools.partial(_delete_server, conn, server))
         servers.append(server)
     servers = [conn.compute.wait_for_server(s, status="ACTIVE", failures=["ERROR"], wait=180) for s in servers]
     hosts = {admin.compute.get_server(s.id).compute_host for s in servers}
