@@ -130,12 +130,14 @@ def unknown_variables(cls: type[ServiceSettings]) -> list[str]:
         "DCOSTACK_TEST_DATABASE_URL",
         "DCOSTACK_TEST_KAFKA",
         "DCOSTACK_TEST_CLOUD",
-        "DCOSTACK_DEVCLOUD_HOME",
+        "DCOSTACK_TEST_CLOUD_ADMIN",
+        "DCOSTACK_PLANNER_URL",  # the CLI's
     }
     return sorted(
         name
         for name in os.environ
         if name.startswith(ENV_PREFIX)
+        and not name.startswith("DCOSTACK_DEVCLOUD_")  # devcloud's own settings
         and name not in known
         and name not in extra
         and not any(name.startswith(k + "__") for k in known)

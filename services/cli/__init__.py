@@ -9,9 +9,11 @@ from typing import Annotated
 
 import typer
 
+from services.cli.plan import app as plan_app
 from services.cli.supervisor import UpOptions, default_state_dir, run_self_check, up
 
 app = typer.Typer(help="DCOSTACK: orchestration for OpenStack clouds.", no_args_is_help=True)
+app.add_typer(plan_app, name="plan")
 
 
 @app.command("up")

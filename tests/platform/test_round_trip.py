@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 from tests.fixtures.platform import Platform, wait_for
@@ -70,4 +71,4 @@ class TestRoundTrip:
         assert r.json()["error"] == "NotImplementedYet"
         assert "issue #4" in r.json()["detail"]
         with platform.http("planner") as planner:
-            assert planner.get("/v1/plans").status_code == 501
+            assert planner.post(f"/v1/plans/{uuid.uuid4()}/runs").status_code == 501
