@@ -41,7 +41,8 @@ IMAGE_NAME = "devcloud-tiny"
 PUBLIC_NETWORK = "public"
 PUBLIC_CIDR = "172.24.4.0/24"
 DEMO_QUOTAS = {
-    "compute": {"instances": 200, "cores": 400, "ram": 512 * 1024, "key_pairs": 100, "server_groups": 50},
+    # RAM above one fake host's 800,000 MB, so a too-large flavor meets "No valid host", not the quota.
+    "compute": {"instances": 200, "cores": 1000, "ram": 4 * 1024 * 1024, "key_pairs": 100, "server_groups": 50},
     "network": {"networks": 50, "subnets": 100, "routers": 20, "ports": 1000, "floating_ips": 50,
                 "security_groups": 100, "security_group_rules": 1000},
     "volume": {"volumes": 100, "gigabytes": 2000, "snapshots": 50},

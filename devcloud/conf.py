@@ -305,6 +305,8 @@ class Layout:
                 "api_paste_config": str(etc / "api-paste.ini"),
                 "osapi_volume_workers": 1,
                 "glance_api_servers": self.s.url(Port.GLANCE),
+                # Without it Cinder refuses every list filter (name, metadata) with 400.
+                "resource_query_filters_file": str(self.venv / "etc/cinder/resource_filters.json"),
             },
             "fake": {
                 # Cinder's own test driver (an LVM subclass that logs its commands instead of running them):
