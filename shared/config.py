@@ -123,6 +123,18 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
         raise SettingsError("; ".join(lines)) from None
 
 
+class CloudExecutorSettings(ServiceSettings):
+    """Settings of the services that act in OpenStack (compute, network, storage)."""
+
+    cloud: str = Field(default="devcloud", description="The clouds.yaml entry the service acts in")
+    cloud_concurrency: int = Field(default=32, ge=1, le=500, description="Steps worked on at once")
+    step_max_tries: int = Field(default=8, ge=1, le=100, description="Attempts on retriable cloud errors")
+    step_retry_backoff_seconds: float = Field(default=1.0, gt=0, description="First retry delay; doubles")
+    operation_lease_seconds: float = Field(
+        default=20.0, gt=1, description="After a crash, another worker takes over a step after this long"
+    )
+
+
 def unknown_variables(cls: type[ServiceSettings]) -> list[str]:
     """``DCOSTACK_*`` variables that no setting reads: almost always a typo."""
     known = {ENV_PREFIX + name.upper() for name in cls.model_fields}

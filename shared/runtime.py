@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import uvicorn
@@ -38,6 +39,8 @@ class ServiceSpec:
     create_app: Callable[[Runtime], FastAPI]
     description: str = ""
     extra: dict[str, object] = field(default_factory=dict)
+    # Long-running tasks beside the consumer and the relay (e.g. the workers that execute plan steps).
+    background: list[Callable[[Runtime], Coroutine[Any, Any, None]]] = field(default_factory=list)
 
 
 class Runtime:
@@ -98,6 +101,8 @@ class Runtime:
             )
             self.consumers.append(consumer)
             self.tasks.append(asyncio.create_task(consumer.run(), name=f"{self.name}-consumer"))
+        for make in self.spec.background:
+            self.tasks.append(asyncio.create_task(make(self), name=f"{self.name}-{make.__name__}"))
         log.info("service.started", schema=s.db_schema, consumes=self.spec.consumes, group=group)
 
     async def _keep_topics(self) -> None:

@@ -1,28 +1,10 @@
-"""Compute HTTP API. Endpoints whose capability is not built yet answer 501."""
+"""Compute HTTP API: what the service owns in the cloud, read from Nova and Glance."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from services.compute.cloud import ComputeCloud
+from shared.cloud_api import cloud_read_router
 
-from shared.http import not_implemented
-
-router = APIRouter(prefix="/v1/compute", tags=["compute"])
-ARRIVES_WITH = "issue #4 (plans run on real OpenStack)"
-
-
-@router.get("/servers")
-async def list_servers() -> None:
-    """List servers (not implemented yet: answers 501)."""
-    not_implemented("servers", ARRIVES_WITH)
-
-
-@router.get("/flavors")
-async def list_flavors() -> None:
-    """List flavors (not implemented yet: answers 501)."""
-    not_implemented("flavors", ARRIVES_WITH)
-
-
-@router.get("/images")
-async def list_images() -> None:
-    """List images (not implemented yet: answers 501)."""
-    not_implemented("images", ARRIVES_WITH)
+router = cloud_read_router(
+    "compute", ComputeCloud, {"servers": "list_servers", "flavors": "list_flavors", "images": "list_images"}
+)

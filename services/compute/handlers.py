@@ -1,7 +1,9 @@
 """Compute's Kafka handlers."""
 
 from shared.bus import HandlerRegistry
+from shared.operations import register_step_handlers
 from shared.probe import register_probe_handler
 
 handlers = HandlerRegistry()
 register_probe_handler(handlers, "compute")
+register_step_handlers(handlers)

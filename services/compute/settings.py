@@ -1,9 +1,8 @@
 from typing import ClassVar
 
-from shared.config import ServiceSettings
+from shared.config import CloudExecutorSettings
 
 
-class ComputeSettings(ServiceSettings):
+class ComputeSettings(CloudExecutorSettings):
     service_name: ClassVar[str] = "compute"
     default_http_port: ClassVar[int] = 8082
-    cloud: str = "devcloud"

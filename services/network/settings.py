@@ -1,9 +1,8 @@
 from typing import ClassVar
 
-from shared.config import ServiceSettings
+from shared.config import CloudExecutorSettings
 
 
-class NetworkSettings(ServiceSettings):
+class NetworkSettings(CloudExecutorSettings):
     service_name: ClassVar[str] = "network"
     default_http_port: ClassVar[int] = 8083
-    cloud: str = "devcloud"

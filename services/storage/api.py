@@ -1,22 +1,8 @@
-"""Storage HTTP API. Endpoints whose capability is not built yet answer 501."""
+"""Storage HTTP API: what the service owns in the cloud, read from Cinder and Swift."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from services.storage.cloud import StorageCloud
+from shared.cloud_api import cloud_read_router
 
-from shared.http import not_implemented
-
-router = APIRouter(prefix="/v1/storage", tags=["storage"])
-ARRIVES_WITH = "issue #4 (plans run on real OpenStack)"
-
-
-@router.get("/volumes")
-async def list_volumes() -> None:
-    """List volumes (not implemented yet: answers 501)."""
-    not_implemented("volumes", ARRIVES_WITH)
-
-
-@router.get("/containers")
-async def list_containers() -> None:
-    """List object containers (not implemented yet: answers 501)."""
-    not_implemented("object containers", ARRIVES_WITH)
+router = cloud_read_router("storage", StorageCloud, {"volumes": "list_volumes", "containers": "list_containers"})

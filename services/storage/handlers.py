@@ -1,7 +1,9 @@
 """Storage's Kafka handlers."""
 
 from shared.bus import HandlerRegistry
+from shared.operations import register_step_handlers
 from shared.probe import register_probe_handler
 
 handlers = HandlerRegistry()
 register_probe_handler(handlers, "storage")
+register_step_handlers(handlers)

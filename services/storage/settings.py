@@ -1,9 +1,8 @@
 from typing import ClassVar
 
-from shared.config import ServiceSettings
+from shared.config import CloudExecutorSettings
 
 
-class StorageSettings(ServiceSettings):
+class StorageSettings(CloudExecutorSettings):
     service_name: ClassVar[str] = "storage"
     default_http_port: ClassVar[int] = 8084
-    cloud: str = "devcloud"

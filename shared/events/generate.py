@@ -23,9 +23,21 @@ ASYNCAPI = ROOT / "asyncapi.yaml"
 PINS = ROOT / "schema-hashes.json"
 
 #: Which channels carry which types (a command goes to every domain's commands topic).
+EXECUTORS = ("compute", "network", "storage")  # the domain services that apply plan steps
 CHANNELS: dict[str, list[str]] = {
-    **{commands_topic(d): ["io.dcostack.platform.probe.run.v1"] for d in DOMAINS if d != "planner"},
-    **{events_topic(d): ["io.dcostack.platform.probe.answered.v1"] for d in DOMAINS if d != "planner"},
+    **{
+        commands_topic(d): ["io.dcostack.platform.probe.run.v1"]
+        + (["io.dcostack.planner.step.apply.v1", "io.dcostack.planner.step.destroy.v1"] if d in EXECUTORS else [])
+        for d in DOMAINS
+        if d != "planner"
+    },
+    **{
+        events_topic(d): ["io.dcostack.platform.probe.answered.v1"]
+        + (["io.dcostack.cloud.step.progressed.v1"] if d in EXECUTORS else [])
+        for d in DOMAINS
+        if d != "planner"
+    },
+    events_topic("planner"): ["io.dcostack.planner.run.changed.v1"],
 }
 
 
