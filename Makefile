@@ -19,7 +19,7 @@ test: install  ## The whole test suite against real PostgreSQL, Kafka protocol b
 	$(RUN) pytest
 
 up: install  ## Start the platform locally (broker, PostgreSQL, all services) and self-check it
-	$(RUN) dcostack up
+	$(RUN) dcostack up --plan examples/two-tier.yaml
 
 contracts:  ## Regenerate JSON Schemas and the AsyncAPI document from the event registry
 	$(RUN) python -m shared.events.generate

@@ -10,10 +10,14 @@ from typing import Annotated
 import typer
 
 from services.cli.plan import app as plan_app
+from services.cli.run import app as run_app
+from services.cli.run import register_plan_commands
 from services.cli.supervisor import UpOptions, default_state_dir, run_self_check, up
 
 app = typer.Typer(help="DCOSTACK: orchestration for OpenStack clouds.", no_args_is_help=True)
+register_plan_commands(plan_app)
 app.add_typer(plan_app, name="plan")
+app.add_typer(run_app, name="run")
 
 
 @app.command("up")
@@ -24,10 +28,18 @@ def up_command(
     ] = None,
     kafka_port: Annotated[int, typer.Option(help="Port of the embedded broker")] = 9092,
     base_port: Annotated[int, typer.Option(help="HTTP port of the planner; the others follow")] = 8081,
+    plan: Annotated[
+        Path | None,
+        typer.Option(help="A plan to apply after the self-check (in devcloud unless DCOSTACK_CLOUD is set)"),
+    ] = None,
 ) -> None:
     """Start a broker and PostgreSQL if none is configured, then every service; Ctrl-C stops all."""
     opts = UpOptions(
-        state_dir=state_dir or default_state_dir(), kafka_port=kafka_port, base_port=base_port, check=check
+        state_dir=state_dir or default_state_dir(),
+        kafka_port=kafka_port,
+        base_port=base_port,
+        check=check,
+        plan=plan,
     )
     raise typer.Exit(up(opts))
 

@@ -24,7 +24,9 @@ from services.planner.schemas import PlanCheckView
 from services.planner.spec import PlanError
 from shared.errors import DcostackError
 
-app = typer.Typer(help="Plan documents: validate offline, create, update, list and show.", no_args_is_help=True)
+app = typer.Typer(
+    help="Plans: validate offline, create, update, list, show; apply and destroy in the cloud.", no_args_is_help=True
+)
 
 #: markup off: plan names and messages are printed as written, never read as rich markup.
 console = Console(markup=False, highlight=False)

@@ -30,6 +30,7 @@ class UpOptions:
     check: bool = False
     probe_count: int = 1
     ready_timeout: float = 90.0
+    plan: Path | None = None  # applied after the self-check, in devcloud unless DCOSTACK_CLOUD names a cloud
 
 
 class Stop(Exception):
@@ -103,11 +104,18 @@ def up(opts: UpOptions) -> int:
         if not os.environ.get("DCOSTACK_DATABASE_URL"):
             dsn = asyncio.run(ensure_database(dsn, "dcostack"))
         console.print(f"[bold]postgres[/]   {origin}")
-        # 3. Services
+        # 3. The cloud plans act in: DCOSTACK_CLOUD (a clouds.yaml entry), else devcloud when a plan is given
+        cloud = os.environ.get("DCOSTACK_CLOUD")
+        if cloud:
+            console.print(f"[bold]cloud[/]      configured: {cloud} (clouds.yaml)")
+        elif opts.plan is not None:
+            cloud = _devcloud_up()
+        # 4. Services
         env = {
             "DCOSTACK_DATABASE_URL": dsn,
             "DCOSTACK_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "DCOSTACK_LOG_FORMAT": os.environ.get("DCOSTACK_LOG_FORMAT", "json"),
+            **({"DCOSTACK_CLOUD": cloud} if cloud else {}),
         }
         for i, name in enumerate(SERVICES):
             port = opts.base_port + i if opts.base_port else DEFAULT_PORTS[name]
@@ -134,6 +142,8 @@ def up(opts: UpOptions) -> int:
                 time.sleep(0.25)
         ok, message = run_self_check(procs["planner"].base_url, opts.probe_count)
         console.print(("[green]self-check passed[/]: " if ok else "[red]self-check failed[/]: ") + message)
+        if ok and opts.plan is not None:
+            ok = _apply_plan(procs["planner"].base_url, opts.plan)
         if opts.check:
             return 0 if ok else 1
         console.print(
@@ -166,6 +176,52 @@ def up(opts: UpOptions) -> int:
         if broker is not None:
             broker.stop()
             console.print("  stopped kafka")
+
+
+def _devcloud_up() -> str:
+    """Bring devcloud up (installing it the first time), printing its progress; the cloud's name."""
+    from devcloud.cloud import Devcloud
+    from devcloud.procs import StepFailed
+    from devcloud.settings import DevcloudSettings
+
+    started = time.monotonic()
+
+    def report(what: str, message: str) -> None:
+        console.print(f"[bold]devcloud[/]   [dim]{time.monotonic() - started:5.1f}s[/] {what}: {message}")
+
+    cloud = Devcloud(DevcloudSettings(), report)
+    try:
+        result = cloud.up()
+    except StepFailed as e:
+        raise SystemExit(f"devcloud could not start: {e}") from None
+    console.print(f"[bold]devcloud[/]   up in {result.seconds:.0f}s; stop it with `dcostack devcloud down`")
+    return cloud.s.cloud_name
+
+
+def _apply_plan(planner_url: str, path: Path) -> bool:
+    """Store the plan (a new version if it exists), apply it with live progress; True if it succeeded."""
+    import yaml
+
+    from services.cli.plan import Output, Planner
+    from services.cli.run import render, watch
+
+    document = yaml.safe_load(path.read_text())
+    with Planner(planner_url, "default") as api:
+        found = api.call("GET", "/v1/plans", params={"name": document["name"]})["plans"]
+        if found:
+            plan_id = found[0]["id"]
+            api.send("PUT", f"/v1/plans/{plan_id}", path)
+        else:
+            plan_id = api.send("POST", "/v1/plans", path)["id"]
+        run = api.call("POST", f"/v1/plans/{plan_id}/runs", json={"action": "apply"})
+        console.print(f"applying plan {document['name']!r} ({len(run['steps'])} steps), run {run['id']}")
+        run = watch(api, run["id"], Output.table)
+    console.print(render(run))
+    if run["state"] == "succeeded":
+        console.print(
+            f"[green]plan {document['name']!r} applied[/]; remove it with `dcostack plan destroy {document['name']}`"
+        )
+    return bool(run["state"] == "succeeded")
 
 
 def default_state_dir() -> Path:

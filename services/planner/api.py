@@ -8,7 +8,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 
-from services.planner import service
+from services.planner import runs, service
 from services.planner.documents import MAX_DOCUMENT_BYTES, format_of, parse_document, too_large
 from services.planner.domain import DEFAULT_PROJECT, PROJECT_ID_PATTERN, ProbeStatus
 from services.planner.schemas import (
@@ -21,13 +21,16 @@ from services.planner.schemas import (
     PlanView,
     ProbeRequest,
     ProbeView,
+    RunList,
+    RunRequest,
+    RunView,
 )
 from services.planner.spec import plan_json_schema
 from shared.http import not_implemented
 
 router = APIRouter()
 
-RUNS_ISSUE = "the plan-runs part of issue #4 (plans run on real OpenStack)"
+RUNS_ISSUE = "issue #5 (plan lifecycle: preview, scale, cancel, resume)"
 
 
 def _view(s: ProbeStatus) -> ProbeView:
@@ -221,19 +224,37 @@ async def preview_plan(plan_id: UUID) -> None:
     not_implemented("previewing a plan against the cloud", RUNS_ISSUE)
 
 
-@router.post("/v1/plans/{plan_id}/runs", tags=["runs"])
-async def apply_plan(plan_id: UUID) -> None:
-    """Apply a plan version to the cloud as a run of ordered steps (not implemented yet: answers 501)."""
-    not_implemented("applying a plan (plan runs)", RUNS_ISSUE)
+@router.post("/v1/plans/{plan_id}/runs", status_code=202, response_model=RunView, tags=["runs"])
+async def start_run(
+    plan_id: UUID,
+    body: RunRequest,
+    request: Request,
+    response: Response,
+    project_id: ProjectId = DEFAULT_PROJECT,
+) -> RunView:
+    """Apply (or destroy) a plan version in the cloud as a run of ordered steps; 409 while another run
+    of the plan is in progress. Follow it at ``GET /v1/runs/{run_id}`` or with ``dcostack run watch``."""
+    runtime = request.app.state.runtime
+    run_id = await runs.start_run(
+        runtime.pool, project_id, plan_id, body.action, body.version, runtime.settings.step_timeout_seconds
+    )
+    response.headers["Location"] = f"/v1/runs/{run_id}"
+    return RunView.of(await runs.get_run(runtime.pool, project_id, run_id))
 
 
-@router.get("/v1/plans/{plan_id}/runs", tags=["runs"])
-async def list_plan_runs(plan_id: UUID) -> None:
-    """A plan's runs (not implemented yet: answers 501)."""
-    not_implemented("plan runs", RUNS_ISSUE)
+@router.get("/v1/plans/{plan_id}/runs", response_model=RunList, tags=["runs"])
+async def list_plan_runs(
+    plan_id: UUID,
+    request: Request,
+    project_id: ProjectId = DEFAULT_PROJECT,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> RunList:
+    """A plan's runs, newest first (without their steps)."""
+    found = await runs.list_runs(request.app.state.runtime.pool, project_id, plan_id, limit)
+    return RunList(runs=[RunView.of(r) for r in found])
 
 
-@router.get("/v1/runs/{run_id}", tags=["runs"])
-async def get_run(run_id: UUID) -> None:
-    """A run and its steps (not implemented yet: answers 501)."""
-    not_implemented("plan runs", RUNS_ISSUE)
+@router.get("/v1/runs/{run_id}", response_model=RunView, tags=["runs"])
+async def get_run(run_id: UUID, request: Request, project_id: ProjectId = DEFAULT_PROJECT) -> RunView:
+    """A run and every step: state, what the cloud last said, outputs, and the cloud's error with a hint."""
+    return RunView.of(await runs.get_run(request.app.state.runtime.pool, project_id, run_id))

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, Field
 
 from services.planner.domain import CheckedPlan, PlanRecord, PlanVersion
+from services.planner.runs import Run
 
 
 class ProbeRequest(BaseModel):
@@ -124,3 +125,53 @@ class PlanInvalidView(BaseModel):
     error: str = "PlanInvalid"
     detail: str
     errors: list[PlanErrorView]
+
+
+class RunRequest(BaseModel):
+    action: Literal["apply", "destroy"] = "apply"
+    version: int | None = Field(default=None, ge=1, description="Plan version; the latest when absent")
+
+
+class RunStepView(BaseModel):
+    key: str
+    service: str
+    kind: str
+    path: str
+    state: str
+    message: str
+    outputs: dict[str, Any]
+    error: dict[str, Any] | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class RunView(BaseModel):
+    id: UUID
+    plan_id: UUID
+    plan_version: int
+    action: str
+    state: str
+    message: str
+    created_at: datetime
+    finished_at: datetime | None
+    counts: dict[str, int]
+    steps: list[RunStepView]
+
+    @classmethod
+    def of(cls, run: Run) -> RunView:
+        return cls(
+            id=run.id,
+            plan_id=run.plan_id,
+            plan_version=run.plan_version,
+            action=run.action,
+            state=run.state,
+            message=run.message,
+            created_at=run.created_at,
+            finished_at=run.finished_at,
+            counts=run.counts,
+            steps=[RunStepView(**vars(s)) for s in run.steps],
+        )
+
+
+class RunList(BaseModel):
+    runs: list[RunView]

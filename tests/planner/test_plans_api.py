@@ -429,19 +429,46 @@ class TestDeletePlan:
         assert again["latest_version"] == 1
 
 
-class TestRunsNotBuiltYet:
-    def test_apply_and_runs_answer_501_naming_what_is_missing(self, api: httpx.Client) -> None:
+class TestRuns:
+    """The planner's side of a run, with no domain service answering: what it dispatches, and when."""
+
+    def test_apply_dispatches_only_steps_whose_dependencies_succeeded(self, api: httpx.Client) -> None:
         plan = create(api, example())
-        for method, path in [
-            ("POST", f"/v1/plans/{plan['id']}/runs"),
-            ("GET", f"/v1/plans/{plan['id']}/runs"),
-            ("POST", f"/v1/plans/{plan['id']}/preview"),
-            ("GET", f"/v1/runs/{uuid.uuid4()}"),
-        ]:
-            r = api.request(method, path)
-            assert r.status_code == 501, (method, path)
-            assert r.json()["error"] == "NotImplementedYet"
-            assert "issue #4" in r.json()["detail"]
+        r = api.post(f"/v1/plans/{plan['id']}/runs", json={"action": "apply"})
+        assert r.status_code == 202, r.text
+        run = r.json()
+        assert r.headers["Location"] == f"/v1/runs/{run['id']}"
+        assert run["state"] == "running"
+        assert run["action"] == "apply"
+        assert run["plan_version"] == 1
+        by_key = {s["key"]: s for s in run["steps"]}
+        dispatched = {k for k, s in by_key.items() if s["state"] == "dispatched"}
+        # Only steps with no dependencies can go first: networks, security groups, server groups, ...
+        assert "network/two-tier-net" in dispatched
+        assert not any(k.startswith(("server/", "subnet/", "member/", "floating-ip/")) for k in dispatched)
+        assert len(dispatched) <= 10  # rollout.max_parallel of the example
+        assert {s["state"] for k, s in by_key.items() if k not in dispatched} == {"pending"}
+        assert api.get(f"/v1/runs/{run['id']}").json()["counts"] == run["counts"]
+
+    def test_a_second_run_of_a_busy_plan_is_refused_and_unknown_runs_are_404(self, api: httpx.Client) -> None:
+        plan = create(api, example())
+        first = api.post(f"/v1/plans/{plan['id']}/runs", json={"action": "apply"}).json()
+        r = api.post(f"/v1/plans/{plan['id']}/runs", json={"action": "destroy"})
+        assert r.status_code == 409
+        assert first["id"] in r.json()["detail"]
+        listed = api.get(f"/v1/plans/{plan['id']}/runs").json()["runs"]
+        assert [x["id"] for x in listed] == [first["id"]]
+        assert api.get(f"/v1/runs/{uuid.uuid4()}").status_code == 404
+        assert api.post(f"/v1/plans/{uuid.uuid4()}/runs", json={}).status_code == 404
+        bad = api.post(f"/v1/plans/{plan['id']}/runs", json={"action": "explode"})
+        assert bad.status_code == 422
+
+    def test_preview_is_not_built_yet_and_says_so(self, api: httpx.Client) -> None:
+        plan = create(api, example())
+        r = api.post(f"/v1/plans/{plan['id']}/preview")
+        assert r.status_code == 501
+        assert r.json()["error"] == "NotImplementedYet"
+        assert "issue #5" in r.json()["detail"]
 
 
 class TestOpenApi:

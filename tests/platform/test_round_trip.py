@@ -64,11 +64,9 @@ class TestRoundTrip:
     def test_unbuilt_capabilities_answer_501_naming_what_is_missing(
         self, platform_factory: Callable[..., Platform]
     ) -> None:
-        platform = platform_factory("planner", "compute")
-        with platform.http("compute") as compute:
-            r = compute.get("/v1/compute/servers")
+        platform = platform_factory("planner")
+        with platform.http("planner") as planner:
+            r = planner.post(f"/v1/plans/{uuid.uuid4()}/preview")
         assert r.status_code == 501
         assert r.json()["error"] == "NotImplementedYet"
-        assert "issue #4" in r.json()["detail"]
-        with platform.http("planner") as planner:
-            assert planner.post(f"/v1/plans/{uuid.uuid4()}/runs").status_code == 501
+        assert "issue #5" in r.json()["detail"]
