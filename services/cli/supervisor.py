@@ -143,7 +143,7 @@ def up(opts: UpOptions) -> int:
         ok, message = run_self_check(procs["planner"].base_url, opts.probe_count)
         console.print(("[green]self-check passed[/]: " if ok else "[red]self-check failed[/]: ") + message)
         if ok and opts.plan is not None:
-            ok = _apply_plan(procs["planner"].base_url, opts.plan)
+            ok = _apply_plan(procs["planner"].base_url, opts.plan, destroy_after=opts.check)
         if opts.check:
             return 0 if ok else 1
         console.print(
@@ -198,8 +198,9 @@ def _devcloud_up() -> str:
     return cloud.s.cloud_name
 
 
-def _apply_plan(planner_url: str, path: Path) -> bool:
-    """Store the plan (a new version if it exists), apply it with live progress; True if it succeeded."""
+def _apply_plan(planner_url: str, path: Path, destroy_after: bool) -> bool:
+    """Store the plan (a new version if it exists), apply it with live progress; True if it succeeded.
+    With ``destroy_after`` (``up --check``) the plan is destroyed again, so a check leaves nothing behind."""
     import yaml
 
     from services.cli.plan import Output, Planner
@@ -216,12 +217,20 @@ def _apply_plan(planner_url: str, path: Path) -> bool:
         run = api.call("POST", f"/v1/plans/{plan_id}/runs", json={"action": "apply"})
         console.print(f"applying plan {document['name']!r} ({len(run['steps'])} steps), run {run['id']}")
         run = watch(api, run["id"], Output.table)
-    console.print(render(run))
-    if run["state"] == "succeeded":
-        console.print(
-            f"[green]plan {document['name']!r} applied[/]; remove it with `dcostack plan destroy {document['name']}`"
-        )
-    return bool(run["state"] == "succeeded")
+        console.print(render(run))
+        applied = run["state"] == "succeeded"
+        if not destroy_after:
+            if applied:
+                console.print(
+                    f"[green]plan {document['name']!r} applied[/]; remove it with "
+                    f"`dcostack plan destroy {document['name']}`"
+                )
+            return bool(applied)
+        run = api.call("POST", f"/v1/plans/{plan_id}/runs", json={"action": "destroy"})
+        console.print(f"destroying plan {document['name']!r} ({len(run['steps'])} steps), run {run['id']}")
+        run = watch(api, run["id"], Output.table)
+        console.print(render(run))
+        return bool(applied and run["state"] == "succeeded")
 
 
 def default_state_dir() -> Path:

@@ -8,7 +8,6 @@ Calls are synchronous: the operation workers run them in a thread.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -99,7 +98,6 @@ class StorageCloud:
         self.conn = conn
         self.timeout = timeout
         self.interval = interval
-        self._cinder_filters = True
 
     # -- entry points ------------------------------------------------------------------------
 
@@ -152,16 +150,10 @@ class StorageCloud:
 
     def _find_volumes(self, work: StepWork) -> list[Any]:
         wanted = {"dcostack_plan": work.owner.plan_id, "dcostack_step": work.owner.step_key}
-        candidates: list[Any] | None = None
-        if self._cinder_filters:
-            try:
-                candidates = list(self.conn.block_storage.volumes(metadata=json.dumps(wanted)))
-            except os_exc.BadRequestException:
-                # A Cinder without resource_filters.json (devcloud's) refuses every list filter from
-                # microversion 3.34 on; listing the project's volumes and checking here still works.
-                self._cinder_filters = False
-        if candidates is None:
-            candidates = list(self.conn.block_storage.volumes())
+        # Listed without a server-side metadata filter: Cinder's answer to one depends on its
+        # resource_filters.json and the microversion (400, ignored, or silently empty), and an empty
+        # answer would make a retry create a second volume. The marks are checked here instead.
+        candidates = list(self.conn.block_storage.volumes(details=True))
         # Older microversions ignore the filter silently, so the marks are always checked here.
         return [v for v in candidates if all((v.metadata or {}).get(k) == x for k, x in wanted.items())]
 
