@@ -109,7 +109,7 @@ class Layout:
             self.bin("uwsgi"), "--master", "--die-on-term", "--need-app", "--lazy-apps",
             "--http", f"127.0.0.1:{self.s.port(port)}", "--http-keepalive", "--http-auto-chunked",
             "--processes", str(processes), "--threads", "1", "--buffer-size", "65535",
-            "--worker-reload-mercy", "5", "--disable-logging", "--home", str(self.venv),
+            "--worker-reload-mercy", "5", "--listen", "1024", "--disable-logging", "--home", str(self.venv),
         ]  # fmt: skip
         if module:
             argv += ["--module", module]

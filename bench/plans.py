@@ -1,0 +1,139 @@
+"""Plan execution against the physical limit: a plan of N servers (plus network, subnet, router with
+gateway, security group) applied by DCOSTACK until the run succeeds, next to the same N servers created
+directly with openstacksdk at the same concurrency, on the same devcloud in the same run; and the ratio.
+
+    uv run python -m bench.plans [--counts 50,100]
+
+Starts what it needs: devcloud (if not up), a Tansu broker, a database on the local PostgreSQL, and the
+planner, compute, network and storage services as processes (as `dcostack up` runs them).
+Heat, the peer of the issue, is not part of devcloud yet: its column is missing (see the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openstack
+
+from devcloud.cloud import Devcloud
+from devcloud.settings import DevcloudSettings
+from services.cli.infra import LOCAL_PG, TansuBroker, drop_database, ensure_database, free_port
+from services.cli.processes import ServiceProcess
+
+SERVICES = ("planner", "compute", "network", "storage")
+
+
+def plan_document(name: str, count: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "networks": [{"name": "net", "cidr": "10.99.0.0/20", "router": {"name": "r", "external_network": "public"}}],
+        "security_groups": [{"name": "sg", "rules": [{"protocol": "tcp", "ports": 22, "remote_cidr": "0.0.0.0/0"}]}],
+        "instance_groups": [
+            {"name": "s", "flavor": "m1.tiny", "image": "devcloud-tiny", "count": count, "networks": ["net"],
+             "security_groups": ["sg"]}
+        ],
+        "rollout": {"max_parallel": count, "batch_size": count},
+    }  # fmt: skip
+
+
+def run_plan(api: httpx.Client, plan_id: str, action: str) -> tuple[float, dict[str, Any]]:
+    started = time.monotonic()
+    run = api.post(f"/v1/plans/{plan_id}/runs", json={"action": action}).json()
+    while run["state"] == "running":
+        time.sleep(0.25)
+        run = api.get(f"/v1/runs/{run['id']}").json()
+    return time.monotonic() - started, run
+
+
+def direct(cloud: str, count: int) -> float:
+    """N servers on a fresh network, created concurrently (one connection per thread), all ACTIVE."""
+    conn: Any = openstack.connect(cloud=cloud)
+    net = conn.network.create_network(name=f"bench-direct-{uuid.uuid4().hex[:6]}")
+    conn.network.create_subnet(network_id=net.id, ip_version=4, cidr="10.98.0.0/20")
+    flavor = conn.compute.find_flavor("m1.tiny").id
+    image = conn.image.find_image("devcloud-tiny").id
+
+    def one(i: int) -> Any:
+        c: Any = openstack.connect(cloud=cloud)
+        s = c.compute.create_server(
+            name=f"{net.name}-{i}", flavor_id=flavor, image_id=image, networks=[{"uuid": net.id}]
+        )
+        # polled every second, as the compute service's adapter polls
+        return c.compute.wait_for_server(s, status="ACTIVE", failures=["ERROR"], interval=1.0, wait=900)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        servers = list(pool.map(one, range(count)))
+    elapsed = time.monotonic() - started
+    for s in servers:
+        conn.compute.delete_server(s)
+    for s in servers:
+        conn.compute.wait_for_delete(s, interval=0.5, wait=900)
+    for port in conn.network.ports(network_id=net.id):
+        conn.network.delete_port(port)
+    conn.network.delete_network(net)
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--counts", default="50,100")
+    args = parser.parse_args()
+    counts = [int(c) for c in args.counts.split(",") if c]
+    settings = DevcloudSettings()
+    Devcloud(settings).up()
+    cloud = settings.cloud_name
+    logs = Path(tempfile.mkdtemp(prefix="dcostack-bench-"))
+    broker = TansuBroker(port=free_port(), log_path=logs / "kafka.log").start()
+    database = f"bench_{uuid.uuid4().hex[:8]}"
+    dsn = asyncio.run(ensure_database(LOCAL_PG, database))
+    env = {
+        "DCOSTACK_DATABASE_URL": dsn,
+        "DCOSTACK_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+        "DCOSTACK_CLOUD": cloud,
+        "DCOSTACK_CLOUD_CONCURRENCY": str(max(counts)),
+        "DCOSTACK_LOG_LEVEL": "WARNING",
+    }
+    procs = {n: ServiceProcess(n, free_port(), env, logs / f"{n}.log") for n in SERVICES}
+    rows: list[tuple[str, str]] = []
+
+    def row(label: str, value: str) -> None:
+        rows.append((label, value))
+        print(f"{label:<62}  {value}", flush=True)  # noqa: T201
+
+    try:
+        for p in procs.values():
+            p.start()
+        for p in procs.values():
+            p.wait_ready(120)
+        with httpx.Client(base_url=procs["planner"].base_url, timeout=60) as api:
+            for count in counts:
+                name = f"bench-{count}-{uuid.uuid4().hex[:6]}"
+                plan_id = api.post("/v1/plans", json=plan_document(name, count)).json()["id"]
+                took, run = run_plan(api, plan_id, "apply")
+                if run["state"] != "succeeded":
+                    failed = [s for s in run["steps"] if s["state"] == "failed"][:3]
+                    raise SystemExit(f"the {count}-server plan failed: {failed}")
+                destroy_took, _ = run_plan(api, plan_id, "destroy")
+                row(f"plan of {count} servers + network, router, security group", f"{took:.1f} s")
+                row(f"destroy of the {count}-server plan", f"{destroy_took:.1f} s")
+                limit = direct(cloud, count)
+                row(f"same {count} servers directly via openstacksdk, {count} threads", f"{limit:.1f} s")
+                row(f"ratio plan / direct (N={count}; target <= 1.10)", f"{took / limit:.2f}x")
+    finally:
+        for p in procs.values():
+            p.stop()
+        broker.stop()
+        asyncio.run(drop_database(LOCAL_PG, database))
+
+
+if __name__ == "__main__":
+    main()
