@@ -66,8 +66,15 @@ def direct(cloud: str, count: int) -> float:
         s = c.compute.create_server(
             name=f"{net.name}-{i}", flavor_id=flavor, image_id=image, networks=[{"uuid": net.id}]
         )
-        # polled every second, as the compute service's adapter polls
-        return c.compute.wait_for_server(s, status="ACTIVE", failures=["ERROR"], interval=1.0, wait=900)
+        for _ in range(5):  # an overloaded API may drop a poll; a real client polls again
+            try:
+                # polled every second, as the compute service's adapter polls
+                return c.compute.wait_for_server(s, status="ACTIVE", failures=["ERROR"], interval=1.0, wait=900)
+            except openstack.exceptions.SDKException as exc:
+                if "ERROR" in str(exc):
+                    raise
+                time.sleep(1.0)
+        raise RuntimeError(f"server {s.id} not ACTIVE after 5 attempts to poll it")
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=count) as pool:

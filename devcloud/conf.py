@@ -109,7 +109,8 @@ class Layout:
             self.bin("uwsgi"), "--master", "--die-on-term", "--need-app", "--lazy-apps",
             "--http", f"127.0.0.1:{self.s.port(port)}", "--http-keepalive", "--http-auto-chunked",
             "--processes", str(processes), "--threads", "1", "--buffer-size", "65535",
-            "--worker-reload-mercy", "5", "--listen", "1024", "--disable-logging", "--home", str(self.venv),
+            "--worker-reload-mercy", "5", "--listen", "1024", "--http-timeout", "300",
+            "--disable-logging", "--home", str(self.venv),
         ]  # fmt: skip
         if module:
             argv += ["--module", module]
@@ -211,7 +212,7 @@ class Layout:
             shutil.copy(INSIDE / "devcloud_virt.py", virt / "devcloud_virt.py")
         env = {"OS_NOVA_CONFIG_DIR": str(conf.parent)}
         procs = [
-            self.uwsgi("nova-api", Port.NOVA, module="nova.wsgi.osapi_compute:application", env=env, processes=2,
+            self.uwsgi("nova-api", Port.NOVA, module="nova.wsgi.osapi_compute:application", env=env, processes=4,
                        group="nova"),
             ProcSpec("nova-conductor", [self.bin("nova-conductor"), "--config-file", str(conf)], group="nova"),
             ProcSpec("nova-scheduler", [self.bin("nova-scheduler"), "--config-file", str(conf)], group="nova"),
