@@ -155,6 +155,8 @@ class Devcloud:
             admin = self.admin_connection()
             # Users, roles, services and endpoints: again only when a setting they depend on changed.
             self._once(f"catalog-{self._settings_digest()}", lambda: self._catalog(admin))
+            # A new token: the first one was issued before the services above were in the catalog.
+            admin = self.admin_connection()
         with self._step("databases", t):
             self._sync_databases(layout)
         rest = [spec for spec in specs if spec.group != "keystone"]
