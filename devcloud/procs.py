@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
@@ -26,6 +27,14 @@ class ProcSpec:
 # Processes this interpreter started: kept so they are reaped on stop (no zombies) and not reported as
 # "still running" when the Popen object would otherwise be collected. They outlive us by design.
 _children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@atexit.register
+def _leave_running() -> None:
+    """The services run on after this interpreter by design: mark them so Popen does not warn at exit."""
+    for child in _children.values():
+        if child.poll() is None:
+            child.returncode = 0
 
 
 def _pid_file(run_dir: Path, name: str) -> Path:
