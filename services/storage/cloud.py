@@ -16,75 +16,18 @@ import keystoneauth1.exceptions as ksa
 import openstack.exceptions as os_exc
 
 from shared.cloud import CloudError, StepWork
+from shared.cloud_errors import translate_sdk_error
 
 Progress = Callable[[str], None]
 
-QUOTA_HINT = "raise the project's quota or lower the plan's count"
 # Cinder answers 409/400 while a volume is attaching, detaching or in-use; Swift 409 while a
 # container still lists objects that were just deleted (its listings are eventually consistent).
 _STATE_CONFLICT = ("in-use", "in use", "status must be", "attach", "detach", "task_state", "conflict")
 
-# Cinder answers 400 "Invalid volume: ... status must be available" for a volume that is only busy.
-_BUSY = ("status must be", "task_state", "in-use", "in use")
-
 
 def translate(exc: BaseException, work: StepWork) -> CloudError:
     """An openstacksdk/keystoneauth failure as a CloudError with the cloud's own message."""
-    if isinstance(exc, CloudError):
-        return exc
-    where = f"{work.kind} {work.owner.step_key}"
-    if isinstance(exc, os_exc.HttpException):
-        status = exc.status_code
-        message = _cloud_message(exc)
-        lowered = message.lower()
-        if "quota" in lowered:
-            return CloudError(message, hint=QUOTA_HINT, http_status=status)
-        if status is None or status >= 500 or status == 429:
-            return CloudError(
-                message, hint=f"the cloud failed on {where}; retrying", retriable=True, http_status=status
-            )
-        if status == 400 and any(s in lowered for s in _BUSY):
-            return CloudError(message, hint="the resource is busy; retrying", retriable=True, http_status=status)
-        if status == 409:
-            state = any(s in lowered for s in _STATE_CONFLICT)
-            hint = "the resource is busy; retrying" if state else f"a conflicting resource exists for {where}"
-            return CloudError(message, hint=hint, retriable=state, http_status=status)
-        if status == 401:
-            return CloudError(message, hint="the service's cloud credentials were refused", http_status=status)
-        if status == 403:
-            return CloudError(message, hint="the project's role does not allow this", http_status=status)
-        if status == 404:
-            return CloudError(message, hint=f"check the names used at {work.path}", http_status=status)
-        return CloudError(message, hint=f"check the plan's values at {work.path}", http_status=status)
-    if isinstance(exc, os_exc.ResourceTimeout | TimeoutError):
-        return CloudError(f"{where}: {exc}", hint="the cloud is slow; retrying", retriable=True)
-    if isinstance(exc, ksa.HttpError):
-        status = exc.http_status
-        retriable = status is None or status >= 500
-        return CloudError(f"{where}: {exc.message}", retriable=retriable, http_status=status)
-    if isinstance(exc, ksa.ConnectionError | ksa.DiscoveryFailure | ConnectionError):
-        return CloudError(f"{where}: cannot reach the cloud: {exc}", hint="retrying", retriable=True)
-    if isinstance(exc, os_exc.EndpointNotFound):
-        return CloudError(f"{where}: {exc}", hint="the cloud's catalog lacks this service")
-    return CloudError(f"{where}: {exc}")
-
-
-def _cloud_message(exc: Any) -> str:
-    """The service's own words: the JSON body's message (``{"overLimit": {"message": ...}}``)."""
-    response = getattr(exc, "response", None)
-    if response is not None:
-        try:
-            body = response.json()
-        except ValueError:  # Swift answers in HTML/text
-            body = None
-        if isinstance(body, dict):
-            for value in body.values():
-                if isinstance(value, dict) and value.get("message"):
-                    return str(value["message"])
-            if body.get("message"):
-                return str(body["message"])
-    details = getattr(exc, "details", None)
-    return str(details or getattr(exc, "message", None) or exc)
+    return translate_sdk_error(exc, work, _STATE_CONFLICT)
 
 
 def _container_marks(work: StepWork) -> dict[str, str]:
