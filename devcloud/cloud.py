@@ -208,32 +208,25 @@ class Devcloud:
 
     # ---------------------------------------------------------------- keystone
     def _create_databases(self, venv: Path) -> None:
-        db = urlsplit(self.s.database_url)
-        names = [f"{self.s.database_prefix}{name}" for name in DATABASES]
-        script = (
-            "import sys, pymysql\n"
-            "host, port, user, password, *names = sys.argv[1:]\n"
-            "c = pymysql.connect(host=host, port=int(port), user=user, password=password or '')\n"
-            "cur = c.cursor()\n"
-            "for n in names: cur.execute(f'CREATE DATABASE IF NOT EXISTS `{n}` CHARACTER SET utf8mb4')\n"
-        )
-        argv = [str(venv / "bin/python"), "-c", script, db.hostname or "127.0.0.1", str(db.port or 3306),
-                db.username or "root", db.password or "", *names]  # fmt: skip
-        procs.run_once(argv, {}, self.s.logs / "databases.log", "creating the databases")
+        self._each_database(venv, "CREATE DATABASE IF NOT EXISTS `{}` CHARACTER SET utf8mb4", "creating")
 
     def _drop_databases(self, venv: Path) -> None:
+        self._each_database(venv, "DROP DATABASE IF EXISTS `{}`", "dropping")
+
+    def _each_database(self, venv: Path, statement: str, verb: str) -> None:
+        """Run ``statement`` for each devcloud database, with PyMySQL from the OpenStack virtualenv."""
         db = urlsplit(self.s.database_url)
         names = [f"{self.s.database_prefix}{name}" for name in DATABASES]
         script = (
             "import sys, pymysql\n"
-            "host, port, user, password, *names = sys.argv[1:]\n"
+            "host, port, user, password, statement, *names = sys.argv[1:]\n"
             "c = pymysql.connect(host=host, port=int(port), user=user, password=password or '')\n"
             "cur = c.cursor()\n"
-            "for n in names: cur.execute(f'DROP DATABASE IF EXISTS `{n}`')\n"
+            "for n in names: cur.execute(statement.format(n))\n"
         )
         argv = [str(venv / "bin/python"), "-c", script, db.hostname or "127.0.0.1", str(db.port or 3306),
-                db.username or "root", db.password or "", *names]  # fmt: skip
-        procs.run_once(argv, {}, self.s.logs / "databases.log", "dropping the databases")
+                db.username or "root", db.password or "", statement, *names]  # fmt: skip
+        procs.run_once(argv, {}, self.s.logs / "databases.log", f"{verb} the databases")
 
     def _keystone_setup(self, layout: Layout) -> None:
         conf = str(self.s.etc / "keystone/keystone.conf")
