@@ -7,7 +7,7 @@ import functools
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import keystoneauth1.exceptions as ksa
@@ -17,47 +17,9 @@ import requests
 
 from services.compute.cloud import ComputeCloud, translate
 from shared.cloud import CloudError, Owner, StepWork, plan_tag, step_tag
-from tests.fixtures.openstack import CloudUnderTest
+from tests.fixtures.openstack import Cleanup, CloudUnderTest, Progress
 
 pytestmark = pytest.mark.devcloud
-
-
-class Cleanup:
-    """Deletes what a test created, newest first, even when the test fails half-way."""
-
-    def __init__(self) -> None:
-        self.actions: list[tuple[str, Callable[[], object]]] = []
-
-    def add(self, what: str, action: Callable[[], object]) -> None:
-        self.actions.append((what, action))
-
-    def run(self) -> list[str]:
-        errors = []
-        while self.actions:
-            what, action = self.actions.pop()
-            try:
-                action()
-            except openstack.exceptions.NotFoundException:
-                pass
-            except Exception as exc:
-                errors.append(f"{what}: {exc}")
-        return errors
-
-
-@pytest.fixture
-def cleanup() -> Iterator[Cleanup]:
-    c = Cleanup()
-    yield c
-    errors = c.run()
-    assert not errors, f"cleanup failed: {errors}"
-
-
-class Progress:
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    def __call__(self, message: str) -> None:
-        self.messages.append(message)
 
 
 def _work(plan_id: str, kind: str, key: str, path: str = "$.instance_groups[0]", **params: Any) -> StepWork:

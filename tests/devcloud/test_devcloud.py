@@ -13,39 +13,9 @@ import pytest
 
 from devcloud.cloud import Devcloud
 from devcloud.settings import DevcloudSettings
-from tests.fixtures.openstack import CloudUnderTest
+from tests.fixtures.openstack import Cleanup, CloudUnderTest
 
 pytestmark = pytest.mark.devcloud
-
-
-class Cleanup:
-    """Deletes what a test created, newest first, even when the test fails half-way."""
-
-    def __init__(self) -> None:
-        self.actions: list[tuple[str, Callable[[], object]]] = []
-
-    def add(self, what: str, action: Callable[[], object]) -> None:
-        self.actions.append((what, action))
-
-    def run(self) -> list[str]:
-        errors = []
-        while self.actions:
-            what, action = self.actions.pop()
-            try:
-                action()
-            except openstack.exceptions.NotFoundException:
-                pass
-            except Exception as exc:
-                errors.append(f"{what}: {exc}")
-        return errors
-
-
-@pytest.fixture
-def cleanup() -> Iterator[Cleanup]:
-    c = Cleanup()
-    yield c
-    errors = c.run()
-    assert not errors, f"cleanup failed: {errors}"
 
 
 def _wait(check: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
