@@ -16,6 +16,7 @@ from typing import Any
 import keystoneauth1.exceptions as ksa
 import openstack.exceptions as os_exc
 
+from shared.cinder import find_marked_volumes, wait_volume
 from shared.cloud import CloudError, Owner, StepWork, plan_tag, step_tag
 from shared.cloud_errors import translate_sdk_error
 
@@ -320,38 +321,10 @@ class ComputeCloud:
         return True
 
     def _find_volumes(self, plan_id: str, step_key: str) -> list[Any]:
-        wanted = {"dcostack_plan": plan_id, "dcostack_step": step_key}
-        # Listed without a server-side metadata filter: Cinder's answer to one depends on its
-        # resource_filters.json and the microversion (400, ignored, or silently empty), and an empty
-        # answer would make a retry create a second volume. The marks are checked here instead.
-        candidates = list(self.conn.block_storage.volumes(details=True))
-        # Older microversions ignore the filter silently, so the marks are always checked here.
-        return [v for v in candidates if all((v.metadata or {}).get(k) == x for k, x in wanted.items())]
+        return find_marked_volumes(self.conn, plan_id, step_key)
 
     def _wait_volume(self, volume: Any, targets: set[str], progress: Progress) -> Any:
-        deadline = time.monotonic() + self.timeout
-        seen = None
-        while True:
-            volume = self.conn.block_storage.get_volume(volume.id)
-            if volume.status != seen:
-                progress(f"volume {volume.status}")
-                seen = volume.status
-            if volume.status in targets:
-                return volume
-            if volume.status.startswith("error"):
-                raise CloudError(
-                    f"volume {volume.name} went to {volume.status} while waiting for {'/'.join(sorted(targets))}",
-                    hint="see the volume's messages in Cinder",
-                    resource_id=volume.id,
-                )
-            if time.monotonic() > deadline:
-                raise CloudError(
-                    f"volume {volume.name} still {volume.status} after {self.timeout:.0f}s",
-                    hint="the cloud is slow; retrying",
-                    retriable=True,
-                    resource_id=volume.id,
-                )
-            time.sleep(self.interval)
+        return wait_volume(self.conn, volume, targets, progress, self.timeout, self.interval)
 
 
 def _missing(step_key: str, what: str) -> CloudError:
