@@ -170,6 +170,9 @@ def up(opts: UpOptions) -> int:
         console.print("stopping…")
         return 0
     finally:
+        # Ctrl-C reaches us twice (directly and forwarded by `uv run`): a second one must not cut the
+        # cleanup short and leave services or the broker running.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         for name, p in procs.items():
             p.stop()
             console.print(f"  stopped {name}")
