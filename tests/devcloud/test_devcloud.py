@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import openstack
@@ -163,32 +162,31 @@ def _delete_lb(conn: Any, lb_id: str) -> None:
     _wait(lambda: conn.load_balancer.find_load_balancer(lb_id) is None, "load balancer deletion", 180)
 
 
-@contextlib.contextmanager
-def _project_with_quota(admin: Any, name: str, **compute_quota: int) -> Iterator[Any]:
-    """A fresh project (admin is a member) with the given compute quota; deleted afterwards."""
+def _project_with_quota(admin: Any, name: str, cleanup: Cleanup, **compute_quota: int) -> Any:
+    """A fresh project (admin is a member) with the given compute quota; a connection into it.
+
+    The project is deleted by ``cleanup`` after everything created in it (cleanup runs newest first)."""
     project = admin.identity.create_project(name=name, domain_id="default")
-    try:
-        admin_user = admin.identity.find_user("admin", domain_id="default")
-        admin.identity.assign_project_role_to_user(project, admin_user, admin.identity.find_role("admin"))
-        admin.set_compute_quotas(project.id, **compute_quota)
-        yield admin.connect_as_project(project.name)
-    finally:
-        admin.identity.delete_project(project)
+    cleanup.add("project", lambda: admin.identity.delete_project(project))
+    admin_user = admin.identity.find_user("admin", domain_id="default")
+    admin.identity.assign_project_role_to_user(project, admin_user, admin.identity.find_role("admin"))
+    admin.set_compute_quotas(project.id, **compute_quota)
+    return admin.connect_as_project(project.name)
 
 
 def test_quota_exceeded_is_the_real_nova_error(test_cloud: CloudUnderTest, unique_name: str, cleanup: Cleanup) -> None:
     admin = test_cloud.connect(admin=True)
     flavor, image = admin.compute.find_flavor("m1.tiny"), admin.image.find_image("devcloud-tiny")
-    with _project_with_quota(admin, unique_name, instances=1) as conn:
-        first = conn.compute.create_server(name=f"{unique_name}-1", flavor_id=flavor.id, image_id=image.id,
-                                           networks="none")  # fmt: skip
-        cleanup.add("server", lambda: _delete_server(conn, first))
-        with pytest.raises(openstack.exceptions.HttpException) as raised:
-            conn.compute.create_server(name=f"{unique_name}-2", flavor_id=flavor.id, image_id=image.id, networks="none")
-        assert raised.value.status_code == 403
-        assert "Quota exceeded for instances" in str(raised.value.details or raised.value)
-        conn.compute.wait_for_server(first, status="ACTIVE", failures=["ERROR"], wait=120)
-        cleanup.run()
+    conn = _project_with_quota(admin, unique_name, cleanup, instances=1)
+    first = conn.compute.create_server(name=f"{unique_name}-1", flavor_id=flavor.id, image_id=image.id, networks="none")
+    cleanup.add("server", lambda: _delete_server(conn, first))
+    # Nova's API counts instances in the cell database; a server still waiting for the conductor is not
+    # there yet (a second request then passes the API check and fails later in the conductor's recheck).
+    conn.compute.wait_for_server(first, status="ACTIVE", failures=["ERROR"], wait=120)
+    with pytest.raises(openstack.exceptions.HttpException) as raised:
+        conn.compute.create_server(name=f"{unique_name}-2", flavor_id=flavor.id, image_id=image.id, networks="none")
+    assert raised.value.status_code == 403
+    assert "Quota exceeded for instances" in str(raised.value.details or raised.value)
 
 
 def test_no_valid_host_is_the_real_scheduler_error(
@@ -199,15 +197,14 @@ def test_no_valid_host_is_the_real_scheduler_error(
     huge = admin.compute.create_flavor(name=f"{unique_name}-huge", vcpus=1, ram=4_000_000, disk=1, is_public=True)
     cleanup.add("flavor", lambda: admin.compute.delete_flavor(huge))
     image = admin.image.find_image("devcloud-tiny")
-    with _project_with_quota(admin, unique_name, ram=-1) as conn:  # quota must not be what stops it
-        server = conn.compute.create_server(name=unique_name, flavor_id=huge.id, image_id=image.id, networks="none")
-        cleanup.add("server", lambda: _delete_server(conn, server))
-        with pytest.raises(openstack.exceptions.ResourceFailure):
-            conn.compute.wait_for_server(server, status="ACTIVE", failures=["ERROR"], wait=120)
-        failed = conn.compute.get_server(server.id)
-        assert failed.status == "ERROR"
-        assert "No valid host was found" in failed.fault["message"]
-        cleanup.run()
+    conn = _project_with_quota(admin, unique_name, cleanup, ram=-1)  # quota must not be what stops it
+    server = conn.compute.create_server(name=unique_name, flavor_id=huge.id, image_id=image.id, networks="none")
+    cleanup.add("server", lambda: _delete_server(conn, server))
+    with pytest.raises(openstack.exceptions.ResourceFailure):
+        conn.compute.wait_for_server(server, status="ACTIVE", failures=["ERROR"], wait=120)
+    failed = conn.compute.get_server(server.id)
+    assert failed.status == "ERROR"
+    assert "No valid host was found" in failed.fault["message"]
 
 
 def test_down_then_up_again_is_warm_and_the_cloud_works(test_cloud: CloudUnderTest) -> None:
