@@ -18,9 +18,9 @@ app = typer.Typer(no_args_is_help=True)
 console = Console(stderr=True)
 
 
-def _cloud() -> Devcloud:
+def _cloud(**overrides: object) -> Devcloud:
     try:
-        settings = DevcloudSettings()
+        settings = DevcloudSettings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         for err in exc.errors():
             name = "DCOSTACK_DEVCLOUD_" + "_".join(str(p) for p in err["loc"]).upper()
@@ -35,9 +35,11 @@ def _cloud() -> Devcloud:
 
 
 @app.command()
-def up() -> None:
+def up(
+    heat: Annotated[bool, typer.Option("--heat", help="Also run Heat (the peer bench/plans.py compares with)")] = False,
+) -> None:
     """Install (first time), configure and start every OpenStack service; idempotent."""
-    cloud = _cloud()
+    cloud = _cloud(heat=True) if heat else _cloud()
     try:
         result = cloud.up()
     except StepFailed as exc:

@@ -22,7 +22,7 @@ import httpx
 import yaml
 
 from devcloud import procs
-from devcloud.conf import SERVICE_USERS, Layout
+from devcloud.conf import HEAT_DOMAIN, HEAT_DOMAIN_ADMIN, SERVICE_USERS, Layout
 from devcloud.procs import ProcSpec, StepFailed
 from devcloud.settings import DevcloudSettings, Port
 from devcloud.venv import ensure_venv, is_ready, requirements_digest, venv_path
@@ -30,6 +30,7 @@ from devcloud.venv import ensure_venv, is_ready, requirements_digest, venv_path
 Report = Callable[[str, str], None]  # (what, message)
 
 DATABASES = ("keystone", "placement", "glance", "nova_api", "nova_cell0", "nova_cell1", "neutron", "cinder", "octavia")
+OPTIONAL_DATABASES = ("heat",)  # created only when the service is enabled; dropped by ``down --wipe`` always
 
 FLAVORS = (  # name, vcpus, ram MB, disk GB
     ("m1.tiny", 1, 512, 1),
@@ -208,15 +209,16 @@ class Devcloud:
 
     # ---------------------------------------------------------------- keystone
     def _create_databases(self, venv: Path) -> None:
-        self._each_database(venv, "CREATE DATABASE IF NOT EXISTS `{}` CHARACTER SET utf8mb4", "creating")
+        wanted = (*DATABASES, *(["heat"] if self.s.heat else []))
+        self._each_database(venv, "CREATE DATABASE IF NOT EXISTS `{}` CHARACTER SET utf8mb4", "creating", wanted)
 
     def _drop_databases(self, venv: Path) -> None:
-        self._each_database(venv, "DROP DATABASE IF EXISTS `{}`", "dropping")
+        self._each_database(venv, "DROP DATABASE IF EXISTS `{}`", "dropping", (*DATABASES, *OPTIONAL_DATABASES))
 
-    def _each_database(self, venv: Path, statement: str, verb: str) -> None:
-        """Run ``statement`` for each devcloud database, with PyMySQL from the OpenStack virtualenv."""
+    def _each_database(self, venv: Path, statement: str, verb: str, which: tuple[str, ...]) -> None:
+        """Run ``statement`` for each of ``which`` databases, with PyMySQL from the OpenStack virtualenv."""
         db = urlsplit(self.s.database_url)
-        names = [f"{self.s.database_prefix}{name}" for name in DATABASES]
+        names = [f"{self.s.database_prefix}{name}" for name in which]
         script = (
             "import sys, pymysql\n"
             "host, port, user, password, statement, *names = sys.argv[1:]\n"
@@ -271,10 +273,12 @@ class Devcloud:
         for role in ("admin", "member", "reader", "service", "manager", "load-balancer_member",
                      "load-balancer_admin", "load-balancer_observer"):  # fmt: skip
             roles[role] = ident.find_role(role) or ident.create_role(name=role)
-        for name in SERVICE_USERS:
+        for name in (*SERVICE_USERS, *(["heat"] if self.s.heat else [])):
             user = self._user(conn, name, self.s.service_password.get_secret_value(), service_project.id)
             for role in ("service", "admin"):
                 ident.assign_project_role_to_user(service_project, user, roles[role])
+        if self.s.heat:
+            self._heat_domain(conn, roles["admin"])
         demo = self._user(conn, "demo", self.s.demo_password.get_secret_value(), demo_project.id)
         for role in ("member", "reader", "load-balancer_member"):
             ident.assign_project_role_to_user(demo_project, demo, roles[role])
@@ -290,6 +294,8 @@ class Devcloud:
             ("octavia", "load-balancer", self.s.url(Port.OCTAVIA)),
             ("swift", "object-store", f"{self.s.url(Port.SWIFT)}/v1/AUTH_%(project_id)s"),
         ]
+        if self.s.heat:
+            endpoints.append(("heat", "orchestration", f"{self.s.url(Port.HEAT)}/v1/%(project_id)s"))
         for name, kind, url in endpoints:
             service = next(iter(ident.services(type=kind)), None) or ident.create_service(name=name, type=kind)
             existing = {ep.interface: ep for ep in ident.endpoints(service_id=service.id)}
@@ -299,6 +305,22 @@ class Devcloud:
                     ident.create_endpoint(service_id=service.id, interface=interface, url=url, region_id="RegionOne")
                 elif ep.url != url:
                     ident.update_endpoint(ep, url=url)
+
+    def _heat_domain(self, conn: Any, admin_role: Any) -> None:
+        """The domain Heat creates its in-instance users in, and the user that administers it."""
+        ident = conn.identity
+        domain = ident.find_domain(HEAT_DOMAIN) or ident.create_domain(
+            name=HEAT_DOMAIN, description="Users created by Heat stacks"
+        )
+        for role in ("heat_stack_owner", "heat_stack_user"):
+            ident.find_role(role) or ident.create_role(name=role)
+        password = self.s.service_password.get_secret_value()
+        user = ident.find_user(HEAT_DOMAIN_ADMIN, domain_id=domain.id)
+        if user is None:
+            user = ident.create_user(name=HEAT_DOMAIN_ADMIN, password=password, domain_id=domain.id)
+        else:
+            ident.update_user(user, password=password)
+        ident.assign_domain_role_to_user(domain, user, admin_role)
 
     def _user(self, conn: Any, name: str, password: str, project_id: str) -> Any:
         user = conn.identity.find_user(name, domain_id="default")
@@ -355,6 +377,10 @@ class Devcloud:
             "octavia": lambda: self._octavia_setup(layout),
             "swift": swift,
         }  # fmt: skip
+        if self.s.heat:
+            jobs["heat"] = lambda: self._run(layout, [layout.bin("heat-manage"), "--config-file",
+                                                      str(etc / "heat/heat.conf"), "db_sync"],
+                                             "heat-manage db_sync", "heat-manage")  # fmt: skip
         with ThreadPoolExecutor(max_workers=4) as pool:
             futures = {name: pool.submit(self._once, f"{name}-{digest}", job) for name, job in jobs.items()}
             for name, future in futures.items():
@@ -515,7 +541,10 @@ class Devcloud:
     def status(self) -> list[ProcStatus]:
         if not is_ready(self.s) or not self.s.etc.exists():
             return []
-        layout = Layout(self.s, venv_path(self.s))
+        settings = self.s
+        if not settings.heat and procs.read_pid(self.s.run, "heat-engine"):  # started by ``up --heat``
+            settings = settings.model_copy(update={"heat": True})
+        layout = Layout(settings, venv_path(self.s))
         out = []
         with httpx.Client(timeout=3.0) as client:
             for spec in layout.all():

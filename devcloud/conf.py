@@ -27,6 +27,7 @@ Ini = Mapping[str, Mapping[str, object]]
 # Keystone users, one per service, in the ``service`` project with the ``service`` and ``admin`` roles,
 # as DevStack sets them up (Nova's service token must carry ``service`` or Neutron and Cinder answer 401/409).
 SERVICE_USERS = ("placement", "glance", "nova", "neutron", "cinder", "octavia", "swift")
+HEAT_DOMAIN, HEAT_DOMAIN_ADMIN = "heat", "heat_domain_admin"
 
 
 def write_ini(path: Path, sections: Ini) -> None:
@@ -445,6 +446,40 @@ class Layout:
             ]
         return steps
 
+    # -------------------------------------------------------------------- heat
+    def heat(self) -> list[ProcSpec]:
+        """Heat, only as the peer the plan benchmark compares with: API under uWSGI plus the engine."""
+        etc = self.etc("heat")
+        password = self.s.service_password.get_secret_value()
+        write_ini(etc / "heat.conf", {
+            "DEFAULT": {
+                **self.common("heat"),
+                "num_engine_workers": 2,
+                "region_name_for_services": "RegionOne",
+                "heat_metadata_server_url": self.s.url(Port.HEAT),
+                "heat_waitcondition_server_url": f"{self.s.url(Port.HEAT)}/v1/waitcondition",
+                # Users Heat makes for in-instance agents live in their own domain, administered by this user.
+                "stack_user_domain_name": HEAT_DOMAIN,
+                "stack_domain_admin": HEAT_DOMAIN_ADMIN,
+                "stack_domain_admin_password": password,
+            },
+            "database": {"connection": self.s.db("heat")},
+            "keystone_authtoken": self.authtoken("heat"),
+            # Deferred operations act through a Keystone trust from the stack owner to this user.
+            "trustee": {"auth_type": "password", "auth_url": self.s.url(Port.KEYSTONE), "username": "heat",
+                        "password": password, "user_domain_name": "Default"},
+            "clients_keystone": {"auth_uri": self.s.url(Port.KEYSTONE)},
+            "paste_deploy": {"api_paste_config": str(etc / "api-paste.ini")},
+            "oslo_messaging_notifications": {"driver": "noop"},
+        })  # fmt: skip
+        shutil.copy(self.venv / "etc/heat/api-paste.ini", etc / "api-paste.ini")
+        conf = str(etc / "heat.conf")
+        return [
+            self.uwsgi("heat-api", Port.HEAT, module="heat.wsgi.api:application", processes=2, group="heat",
+                       pyargv=f"--config-file {conf}"),
+            ProcSpec("heat-engine", [self.bin("heat-engine"), "--config-file", conf], group="heat"),
+        ]  # fmt: skip
+
     def all(self) -> list[ProcSpec]:
         return [*self.keystone(), *self.placement(), *self.glance(), *self.neutron(), *self.nova(),
-                *self.cinder(), *self.octavia(), *self.swift()]  # fmt: skip
+                *self.cinder(), *self.octavia(), *self.swift(), *(self.heat() if self.s.heat else [])]  # fmt: skip

@@ -34,6 +34,7 @@ class Port(IntEnum):
     SWIFT_ACCOUNT = 8
     SWIFT_CONTAINER = 9
     SWIFT_OBJECT = 10
+    HEAT = 11
 
 
 class DevcloudSettings(BaseSettings):
@@ -48,7 +49,7 @@ class DevcloudSettings(BaseSettings):
         description="The OpenStack virtualenv, reused while devcloud/requirements.txt is unchanged",
     )
     python: str = Field(default=sys.executable, description="Interpreter for the OpenStack virtualenv")
-    port_base: int = Field(default=25000, ge=1024, le=65000, description="First of 11 consecutive ports")
+    port_base: int = Field(default=25000, ge=1024, le=65000, description="First of 12 consecutive ports")
     database_url: str = Field(
         default="mysql+pymysql://root@127.0.0.1:3306",
         description="MariaDB/MySQL server (SQLAlchemy URL without database); one database per service",
@@ -56,6 +57,10 @@ class DevcloudSettings(BaseSettings):
     database_prefix: str = Field(default="devcloud_", pattern=r"^[a-z][a-z0-9_]*$")
     transport_url: str = Field(default="rabbit://guest:guest@127.0.0.1:5672/", description="RabbitMQ for RPC")
     compute_hosts: int = Field(default=2, ge=1, le=8, description="Fake nova-compute hosts")
+    heat: bool = Field(
+        default=False,
+        description="Also run Heat (orchestration API and engine): the peer bench/plans.py measures plans against",
+    )
     admin_password: SecretStr = Field(default=SecretStr("devcloud-admin"))
     demo_password: SecretStr = Field(default=SecretStr("devcloud-demo"))
     service_password: SecretStr = Field(default=SecretStr("devcloud-service"))
