@@ -1,12 +1,13 @@
 """Plan execution against the physical limit: a plan of N servers (plus network, subnet, router with
 gateway, security group) applied by DCOSTACK until the run succeeds, next to the same N servers created
-directly with openstacksdk at the same concurrency, on the same devcloud in the same run; and the ratio.
+directly with openstacksdk at the same concurrency, and the same resources as one Heat stack (Heat from
+PyPI, started beside devcloud with ``dcostack devcloud up --heat``), on the same devcloud in the same
+run; and the ratios.
 
     uv run python -m bench.plans [--counts 50,100]
 
 Starts what it needs: devcloud (if not up), a Tansu broker, a database on the local PostgreSQL, and the
 planner, compute, network and storage services as processes (as `dcostack up` runs them).
-Heat, the peer of the issue, is not part of devcloud yet: its column is missing (see the README).
 """
 
 from __future__ import annotations
@@ -90,12 +91,54 @@ def direct(cloud: str, count: int) -> float:
     return elapsed
 
 
+def heat_template(count: int) -> dict[str, Any]:
+    """The plan's resources as one Heat stack: network, subnet, router with gateway, security group, N servers."""
+    resources: dict[str, Any] = {
+        "net": {"type": "OS::Neutron::Net", "properties": {"name": "bench-heat"}},
+        "subnet": {"type": "OS::Neutron::Subnet",
+                   "properties": {"network": {"get_resource": "net"}, "cidr": "10.97.0.0/20"}},
+        "router": {"type": "OS::Neutron::Router", "properties": {"external_gateway_info": {"network": "public"}}},
+        "interface": {"type": "OS::Neutron::RouterInterface",
+                      "properties": {"router": {"get_resource": "router"}, "subnet": {"get_resource": "subnet"}}},
+        "sg": {"type": "OS::Neutron::SecurityGroup",
+               "properties": {"rules": [{"protocol": "tcp", "port_range_min": 22, "port_range_max": 22,
+                                         "remote_ip_prefix": "0.0.0.0/0"}]}},
+    }  # fmt: skip
+    for i in range(count):
+        resources[f"s{i}"] = {
+            "type": "OS::Nova::Server",
+            "depends_on": ["interface"],  # as the plan orders them: a server boots once its router is wired
+            "properties": {
+                "flavor": "m1.tiny", "image": "devcloud-tiny", "user_data_format": "RAW",
+                "networks": [{"network": {"get_resource": "net"}}], "security_groups": [{"get_resource": "sg"}],
+            },
+        }  # fmt: skip
+    return {"heat_template_version": "2018-08-31", "resources": resources}
+
+
+def heat(cloud: str, count: int) -> tuple[float, float]:
+    """Create the stack until CREATE_COMPLETE, then delete it until gone: (create, delete) seconds."""
+    conn: Any = openstack.connect(cloud=cloud)
+    started = time.monotonic()
+    stack = conn.orchestration.create_stack(
+        name=f"bench-heat-{uuid.uuid4().hex[:6]}", template=heat_template(count), timeout_mins=30
+    )
+    stack = conn.orchestration.wait_for_status(
+        stack, status="CREATE_COMPLETE", failures=["CREATE_FAILED"], interval=1.0, wait=1800
+    )
+    created = time.monotonic() - started
+    started = time.monotonic()
+    conn.orchestration.delete_stack(stack)
+    conn.orchestration.wait_for_delete(stack, interval=1.0, wait=1800)
+    return created, time.monotonic() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", default="50,100")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",") if c]
-    settings = DevcloudSettings()
+    settings = DevcloudSettings(heat=True)
     Devcloud(settings).up()
     cloud = settings.cloud_name
     logs = Path(tempfile.mkdtemp(prefix="dcostack-bench-"))
@@ -122,6 +165,11 @@ def main() -> None:
         for p in procs.values():
             p.wait_ready(120)
         with httpx.Client(base_url=procs["planner"].base_url, timeout=60) as api:
+            # Warm-up, not measured: freshly started services join their consumer groups and log in to
+            # Keystone on the first commands (about 5 s), as the direct and Heat columns' clients did before.
+            warm = api.post("/v1/plans", json=plan_document(f"bench-warm-{uuid.uuid4().hex[:6]}", 1)).json()["id"]
+            run_plan(api, warm, "apply")
+            run_plan(api, warm, "destroy")
             for count in counts:
                 name = f"bench-{count}-{uuid.uuid4().hex[:6]}"
                 plan_id = api.post("/v1/plans", json=plan_document(name, count)).json()["id"]
@@ -135,6 +183,10 @@ def main() -> None:
                 limit = direct(cloud, count)
                 row(f"same {count} servers directly via openstacksdk, {count} threads", f"{limit:.1f} s")
                 row(f"ratio plan / direct (N={count}; target <= 1.10)", f"{took / limit:.2f}x")
+                heat_took, heat_destroy = heat(cloud, count)
+                row(f"same resources as one Heat stack (N={count}), CREATE_COMPLETE", f"{heat_took:.1f} s")
+                row(f"delete of the Heat stack (N={count})", f"{heat_destroy:.1f} s")
+                row(f"Heat / plan (N={count}; target >= 3)", f"{heat_took / took:.2f}x")
     finally:
         for p in procs.values():
             p.stop()
