@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -203,7 +204,11 @@ class OperationWorkers:
         try:
             return executor.apply(work, progress) if action == "apply" else executor.destroy(work, progress)
         finally:
-            self._idle.append(executor)
+            self.release(executor)
+
+    def release(self, executor: Executor) -> None:
+        """Keep ``executor`` (and its cloud connection) for the next operation."""
+        self._idle.append(executor)
 
     async def _heartbeat(self, op_id: int) -> None:
         while True:
@@ -274,11 +279,19 @@ def step_workers(service: str, adapter: Callable[[Any], Executor]) -> Callable[[
 
     async def step_workers(runtime: Runtime) -> None:
         settings = cast(CloudExecutorSettings, runtime.settings)
+        region: list[Any] = []
+        lock = threading.Lock()
 
         def new_executor() -> Executor:
             import openstack
+            from openstack.connection import Connection
 
-            return adapter(openstack.connect(cloud=settings.cloud))
+            # Connections are not shared between threads, but they share one cloud configuration and
+            # so one keystoneauth session: one token and one endpoint discovery for all of them.
+            with lock:
+                if not region:
+                    region.append(openstack.config.get_cloud_region(cloud=settings.cloud))
+            return adapter(Connection(config=region[0]))
 
         workers = OperationWorkers(
             runtime.pool,
@@ -290,6 +303,20 @@ def step_workers(service: str, adapter: Callable[[Any], Executor]) -> Callable[[
             backoff_seconds=settings.step_retry_backoff_seconds,
             max_tries=settings.step_max_tries,
         )
-        await workers.run()
+
+        def warm() -> None:
+            """Authenticate before the first command arrives, so that its step does not wait for Keystone."""
+            try:
+                executor = new_executor()
+                region[0].get_session().get_token()
+                workers.release(executor)
+            except Exception as exc:  # not reachable yet: the first step connects (and reports) itself
+                log.warning("cloud.warm_up_failed", cloud=settings.cloud, error=str(exc) or type(exc).__name__)
+
+        warming = asyncio.create_task(asyncio.to_thread(warm))
+        try:
+            await workers.run()
+        finally:
+            warming.cancel()
 
     return step_workers
