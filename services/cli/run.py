@@ -1,4 +1,5 @@
-"""``dcostack plan apply|destroy`` and ``dcostack run show|watch``: runs with live per-step progress."""
+"""``dcostack plan apply|destroy|scale`` and ``dcostack run show|watch|cancel|resume``: runs with live
+per-step progress."""
 
 from __future__ import annotations
 
@@ -21,17 +22,26 @@ from services.cli.plan import (
     Project,
     _print_json,
     console,
+    fail,
 )
 from services.planner.domain import DEFAULT_PROJECT
 
-app = typer.Typer(help="Plan runs: show one, or watch it live until it ends.", no_args_is_help=True)
+app = typer.Typer(help="Plan runs: show one, watch it live until it ends, cancel it, resume it.", no_args_is_help=True)
 RunArg = Annotated[str, typer.Argument(help="Run id")]
 WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="Watch the run live until it ends")]
+VersionOpt = Annotated[int | None, typer.Option(min=1, help="A plan version other than the run's own")]
+#: Run states while a run is in progress (the planner's runs.ACTIVE).
+ACTIVE = ("running", "cancelling", "rolling_back")
 STATE_STYLE = {
     "succeeded": "green",
     "failed": "red",
+    "error": "red",
     "running": "yellow",
     "dispatched": "yellow",
+    "cancelling": "yellow",
+    "rolling_back": "magenta",
+    "rolled_back": "magenta",
+    "cancelled": "dim",
     "pending": "dim",
     "skipped": "dim",
 }
@@ -49,15 +59,20 @@ def render(run: dict[str, Any], all_steps: bool = True) -> Group:
         table.add_column(column, overflow="fold")
     steps = run["steps"]
     if not all_steps:  # live view: what moves, what failed, and the last few finished
-        moving = [s for s in steps if s["state"] in ("dispatched", "running", "failed")]
-        done = [s for s in steps if s["state"] == "succeeded"][-5:]
+        moving = [s for s in steps if s["state"] in ("dispatched", "running", "failed", "error")]
+        done = [s for s in steps if s["state"] in ("succeeded", "rolled_back")][-5:]
         steps = done + moving
     for s in steps:
         said = s["message"]
         if s["error"]:
             err = s["error"]
             said = f"{err.get('message', '')}" + (f" — {err['hint']}" if err.get("hint") else "") + f" ({s['path']})"
-        table.add_row(s["key"], Text(s["state"], STATE_STYLE.get(s["state"], "")), said)
+        key = s["key"]
+        if s.get("rollback"):
+            key += " (rollback)"
+        elif s.get("action") == "destroy" and run["action"] == "apply":
+            key += " (remove)"  # scale-in: the version no longer has it
+        table.add_row(key, Text(s["state"], STATE_STYLE.get(s["state"], "")), said)
     parts: list[Any] = [head, table]
     if run["message"]:
         parts.append(Text(run["message"], STATE_STYLE.get(run["state"], "")))
@@ -68,24 +83,24 @@ def watch(api: Planner, run_id: str, output: Output) -> dict[str, Any]:
     """Poll the run until it ends, redrawing the live table; the final state on exit."""
     run: dict[str, Any] = api.call("GET", f"/v1/runs/{run_id}")
     if output is Output.json:
-        while run["state"] == "running":
+        while run["state"] in ACTIVE:
             time.sleep(1.0)
             run = api.call("GET", f"/v1/runs/{run_id}")
         return run
     with Live(render(run, all_steps=False), console=console, refresh_per_second=4, transient=True) as live:
-        while run["state"] == "running":
+        while run["state"] in ACTIVE:
             time.sleep(1.0)
             run = api.call("GET", f"/v1/runs/{run_id}")
             live.update(render(run, all_steps=False))
     return run
 
 
-def _finish(run: dict[str, Any], output: Output) -> None:
+def _finish(run: dict[str, Any], output: Output, ok: tuple[str, ...] = ("succeeded", *ACTIVE)) -> None:
     if output is Output.json:
         _print_json(run)
     else:
         console.print(render(run))
-    raise typer.Exit(0 if run["state"] in ("succeeded", "running") else 1)
+    raise typer.Exit(0 if run["state"] in ok else 1)
 
 
 def start(action: str, plan: str, version: int | None, wait: bool, url: str, project: str, output: Output) -> None:
@@ -119,6 +134,62 @@ def watch_command(
         _finish(watch(api, run_id, output), output)
 
 
+@app.command("cancel")
+def cancel_command(
+    run_id: RunArg, wait: WaitOpt = True, planner_url: PlannerUrl = DEFAULT_URL, project: Project = DEFAULT_PROJECT,
+    output: OutputOpt = Output.table,
+) -> None:  # fmt: skip
+    """Stop a run: nothing more is dispatched, steps in flight finish, then it ends cancelled (resume it later)."""
+    with Planner(planner_url, project) as api:
+        run = api.call("POST", f"/v1/runs/{run_id}/cancel")
+        if output is Output.table:
+            console.print(f"run {run_id} {run['state']}")
+        if wait:
+            run = watch(api, run_id, output)
+    _finish(run, output, ok=("cancelled", *ACTIVE))
+
+
+@app.command("resume")
+def resume_command(
+    run_id: RunArg, version: VersionOpt = None, wait: WaitOpt = True, planner_url: PlannerUrl = DEFAULT_URL,
+    project: Project = DEFAULT_PROJECT, output: OutputOpt = Output.table,
+) -> None:  # fmt: skip
+    """Continue a failed (held) or cancelled run, e.g. with the fixed plan's ``--version``; completed steps
+    whose parameters did not change are not redone."""
+    with Planner(planner_url, project) as api:
+        run = api.call("POST", f"/v1/runs/{run_id}/resume", json={"version": version})
+        if output is Output.table:
+            console.print(f"run {run_id} resumed with plan version {run['plan_version']}: {run['message']}")
+        if wait:
+            run = watch(api, run_id, output)
+    _finish(run, output)
+
+
+def scale(plan: str, group: str, count: int, watch_run: bool, url: str, project: str, output: Output) -> None:
+    """Store a plan version with ``group``'s count changed, then apply it (which adds or removes by diff)."""
+    with Planner(url, project) as api:
+        plan_id = api.resolve(plan)
+        document = api.call("GET", f"/v1/plans/{plan_id}")["version"]["document"]
+        groups = document.get("instance_groups") or []
+        chosen = [g for g in groups if isinstance(g, dict) and g.get("name") == group]
+        if not chosen:
+            names = ", ".join(str(g.get("name")) for g in groups if isinstance(g, dict)) or "none"
+            fail(f"plan {plan!r} has no instance group {group!r}; its groups: {names}")
+        before = chosen[0].get("count")
+        chosen[0]["count"] = count
+        stored = api.call("PUT", f"/v1/plans/{plan_id}", json=document)
+        version = stored["version"]["version"]
+        run = api.call("POST", f"/v1/plans/{plan_id}/runs", json={"action": "apply", "version": version})
+        if output is Output.table:
+            console.print(
+                f"plan {stored['name']!r} version {version}: {group} count {before} → {count}; "
+                f"apply run {run['id']} started ({run['message']})"
+            )
+        if watch_run:
+            run = watch(api, run["id"], output)
+    _finish(run, output)
+
+
 def register_plan_commands(plan_app: typer.Typer) -> None:
     @plan_app.command("apply")
     def apply_command(
@@ -142,3 +213,17 @@ def register_plan_commands(plan_app: typer.Typer) -> None:
     ) -> None:
         """Delete everything the plan built, in reverse dependency order, waiting for each delete."""
         start("destroy", plan, None, wait, planner_url, project, output)
+
+    @plan_app.command("scale")
+    def scale_command(
+        plan: PlanArg,
+        group: Annotated[str, typer.Argument(help="Instance group name")],
+        count: Annotated[int, typer.Argument(min=0, max=1000, help="The group's new count")],
+        watch_run: Annotated[bool, typer.Option("--watch", help="Watch the apply run live until it ends")] = False,
+        planner_url: PlannerUrl = DEFAULT_URL,
+        project: Project = DEFAULT_PROJECT,
+        output: OutputOpt = Output.table,
+    ) -> None:
+        """Change a group's count as a new plan version and apply it: new instances are added, surplus ones
+        removed newest first with their members, floating IPs and volumes."""
+        scale(plan, group, count, watch_run, planner_url, project, output)
