@@ -242,3 +242,52 @@ def show_command(
         table.add_row(field, str(value))
     console.print(table)
     typer.echo(yaml.safe_dump(v["document"], sort_keys=False, allow_unicode=True), nl=False)
+
+
+@app.command("preview")
+def preview_command(
+    plan: PlanArg,
+    version: Annotated[int | None, typer.Option(min=1, help="A version other than the latest")] = None,
+    planner_url: PlannerUrl = DEFAULT_URL,
+    project: Project = DEFAULT_PROJECT,
+    output: OutputOpt = Output.table,
+) -> None:
+    """What applying the plan would create, change and delete in the cloud, and whether the cloud can take it
+    (quota, flavors, images, external networks, subnet room, host capacity). Failing checks come first, each
+    with the plan field to change. Exits 1 if a check failed; start a run from it with its preview id."""
+    with Planner(planner_url, project) as api:
+        body = api.call("POST", f"/v1/plans/{api.resolve(plan)}/preview", json={"version": version})
+    if output is Output.json:
+        _print_json(body)
+    else:
+        _show_preview(body)
+    if not body["ok"]:
+        raise typer.Exit(1)
+
+
+def _show_preview(body: dict[str, Any]) -> None:
+    s = body["summary"]
+    verdict = "ok" if body["ok"] else "NOT feasible"
+    typer.echo(
+        f"preview {body['preview_id']} of plan {body['plan_name']!r} version {body['version']}: {verdict} — "
+        f"{s['create']} to create, {s['change']} to change, {s['delete']} to delete, {s['unchanged']} unchanged"
+        f" ({body['took_ms']:.0f} ms)"
+    )
+    checks = Table(title="checks")
+    for column in ("check", "result", "detail", "fix"):
+        checks.add_column(column, overflow="fold")
+    marks = {"failed": "FAILED", "not_run": "not run", "passed": "ok"}
+    for c in body["checks"]:
+        checks.add_row(c["name"], marks[c["status"]], c["message"], c.get("fix") or "")
+    console.print(checks)
+    changes = [e for e in body["diff"] if e["action"] != "unchanged"]
+    if not changes:
+        typer.echo("no resource changes")
+        return
+    diff = Table(title="changes")
+    for column in ("action", "resource", "kind", "detail"):
+        diff.add_column(column, overflow="fold")
+    for e in changes:
+        detail = ", ".join(f"{k}: {v['old']} → {v['new']}" for k, v in e["changes"].items()) or (e["path"] or "")
+        diff.add_row(e["action"], e["key"], e["kind"], detail)
+    console.print(diff)

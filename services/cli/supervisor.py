@@ -117,9 +117,14 @@ def up(opts: UpOptions) -> int:
             "DCOSTACK_LOG_FORMAT": os.environ.get("DCOSTACK_LOG_FORMAT", "json"),
             **({"DCOSTACK_CLOUD": cloud} if cloud else {}),
         }
-        for i, name in enumerate(SERVICES):
-            port = opts.base_port + i if opts.base_port else DEFAULT_PORTS[name]
-            procs[name] = ServiceProcess(name, port, env, logs / f"{name}.log")
+        ports = {name: opts.base_port + i if opts.base_port else DEFAULT_PORTS[name] for i, name in enumerate(SERVICES)}
+        # The planner asks the domain services for live cloud state (previews, flavor and image checks).
+        domain_urls = {
+            f"DCOSTACK_{n.upper()}_URL": f"http://127.0.0.1:{ports[n]}" for n in ("compute", "network", "storage")
+        }
+        for name, port in ports.items():
+            own = {**env, **domain_urls} if name == "planner" else env
+            procs[name] = ServiceProcess(name, port, own, logs / f"{name}.log")
             if port_open("127.0.0.1", port):
                 raise SystemExit(f"port {port} for {name} is taken; stop what uses it or pass --base-port")
         for p in procs.values():

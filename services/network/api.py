@@ -14,5 +14,8 @@ router = cloud_read_router(
         "security-groups": "list_security_groups",
         "floating-ips": "list_floating_ips",
         "load-balancers": "list_load_balancers",
+        "quota": "quota",
+        "external-networks": "external_networks",
+        "plan-resources": "plan_resources",
     },
 )

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 
-from services.planner import runs, service
+from services.planner import preview, runs, service
 from services.planner.documents import MAX_DOCUMENT_BYTES, format_of, parse_document, too_large
 from services.planner.domain import DEFAULT_PROJECT, PROJECT_ID_PATTERN, ProbeStatus
 from services.planner.schemas import (
@@ -21,12 +21,12 @@ from services.planner.schemas import (
     PlanView,
     ProbeRequest,
     ProbeView,
+    ResumeRequest,
     RunList,
     RunRequest,
     RunView,
 )
 from services.planner.spec import plan_json_schema
-from shared.http import not_implemented
 
 router = APIRouter()
 
@@ -124,9 +124,12 @@ async def validate_plan(request: Request) -> PlanCheckView:
     """Check a plan document without storing it: the normalised plan and the steps it compiles to, in an
     order that respects every dependency, or 422 with every error and its JSON path.
 
-    Parameters take their defaults; a parameter without a default is reported as an error.
+    Parameters take their defaults; a parameter without a default is reported as an error. Flavors and
+    images are checked against the cloud (422 with the available names) when the compute service answers;
+    when it does not, ``warnings`` says the check was not run.
     """
-    return PlanCheckView.of(await service.check_document(await _document(request)))
+    checked, warnings = await preview.check_live(request.app.state.runtime.settings, await _document(request))
+    return PlanCheckView.of(checked, warnings)
 
 
 @router.post(
@@ -142,10 +145,14 @@ async def create_plan(request: Request, response: Response, project_id: ProjectI
 
     Names are unique among the project's plans that are not deleted. The project is the ``X-Project-Id``
     header, ``default`` when absent: until identity (Keystone tokens) arrives, the caller names it.
+    A flavor or image the cloud lacks is refused (422); without an answer from the compute service the
+    plan is stored and ``warnings`` says the check was not run.
     """
-    plan, version = await service.create_plan(request.app.state.runtime.pool, project_id, await _document(request))
+    document = await _document(request)
+    _, warnings = await preview.check_live(request.app.state.runtime.settings, document)
+    plan, version = await service.create_plan(request.app.state.runtime.pool, project_id, document)
     response.headers["Location"] = f"/v1/plans/{plan.id}"
-    return PlanView.of_version(plan, version)
+    return PlanView.of_version(plan, version, warnings)
 
 
 @router.get("/v1/plans", response_model=PlanList, tags=["plans"])
@@ -180,9 +187,9 @@ async def update_plan(plan_id: UUID, request: Request, project_id: ProjectId = D
     changes nothing and answers that version, so a retried PUT does not add versions.
     """
     document = await _document(request)
-    return PlanView.of_version(
-        *await service.update_plan(request.app.state.runtime.pool, project_id, plan_id, document)
-    )
+    _, warnings = await preview.check_live(request.app.state.runtime.settings, document)
+    plan, version = await service.update_plan(request.app.state.runtime.pool, project_id, plan_id, document)
+    return PlanView.of_version(plan, version, warnings)
 
 
 @router.delete("/v1/plans/{plan_id}", status_code=204, tags=["plans"])
@@ -218,12 +225,6 @@ async def get_plan_version(
 # --- plan runs: not built yet -----------------------------------------------------------------------
 
 
-@router.post("/v1/plans/{plan_id}/preview", tags=["runs"])
-async def preview_plan(plan_id: UUID) -> None:
-    """What applying the plan would create, change and delete in the cloud (not implemented yet: answers 501)."""
-    not_implemented("previewing a plan against the cloud", RUNS_ISSUE)
-
-
 @router.post("/v1/plans/{plan_id}/runs", status_code=202, response_model=RunView, tags=["runs"])
 async def start_run(
     plan_id: UUID,
@@ -233,7 +234,10 @@ async def start_run(
     project_id: ProjectId = DEFAULT_PROJECT,
 ) -> RunView:
     """Apply (or destroy) a plan version in the cloud as a run of ordered steps; 409 while another run
-    of the plan is in progress. Follow it at ``GET /v1/runs/{run_id}`` or with ``dcostack run watch``."""
+    of the plan is in progress. Follow it at ``GET /v1/runs/{run_id}`` or with ``dcostack run watch``.
+
+    An apply also removes what the plan built earlier and the version no longer has (a smaller count
+    scales in, newest instances first); a destroy removes everything the plan built."""
     runtime = request.app.state.runtime
     run_id = await runs.start_run(
         runtime.pool, project_id, plan_id, body.action, body.version, runtime.settings.step_timeout_seconds
@@ -258,3 +262,43 @@ async def list_plan_runs(
 async def get_run(run_id: UUID, request: Request, project_id: ProjectId = DEFAULT_PROJECT) -> RunView:
     """A run and every step: state, what the cloud last said, outputs, and the cloud's error with a hint."""
     return RunView.of(await runs.get_run(request.app.state.runtime.pool, project_id, run_id))
+
+
+@router.post(
+    "/v1/runs/{run_id}/cancel",
+    status_code=202,
+    response_model=RunView,
+    tags=["runs"],
+    responses={404: {"description": "No such run in the project"}, 409: {"description": "The run already ended"}},
+)
+async def cancel_run(run_id: UUID, request: Request, project_id: ProjectId = DEFAULT_PROJECT) -> RunView:
+    """Cancel a run: it is ``cancelling`` at once and dispatches nothing more; steps in flight finish (or time
+    out), then the run and its steps not started end ``cancelled``. Resume it later with POST .../resume.
+
+    409 when the run already ended, or while it rolls back (stopping that would leave part of it behind)."""
+    runtime = request.app.state.runtime
+    await runs.cancel_run(runtime.pool, project_id, run_id, runtime.settings.step_timeout_seconds)
+    return RunView.of(await runs.get_run(runtime.pool, project_id, run_id))
+
+
+@router.post(
+    "/v1/runs/{run_id}/resume",
+    status_code=202,
+    response_model=RunView,
+    tags=["runs"],
+    responses={
+        404: {"description": "No such run or plan version"},
+        409: {"description": "The run is not failed or cancelled, or another run of the plan is in progress"},
+        422: {"description": "The plan version is no longer valid"},
+    },
+)
+async def resume_run(
+    run_id: UUID, request: Request, body: ResumeRequest | None = None, project_id: ProjectId = DEFAULT_PROJECT
+) -> RunView:
+    """Continue a failed (held) or cancelled run in place, with its plan version or ``version`` (e.g. the
+    fixed plan): succeeded steps whose parameters did not change are kept and not redone; every other step
+    starts again, and what the version no longer has is removed."""
+    runtime = request.app.state.runtime
+    version = body.version if body else None
+    await runs.resume_run(runtime.pool, project_id, run_id, version, runtime.settings.step_timeout_seconds)
+    return RunView.of(await runs.get_run(runtime.pool, project_id, run_id))

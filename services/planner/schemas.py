@@ -64,10 +64,11 @@ class PlanSummaryView(BaseModel):
 
 class PlanView(PlanSummaryView):
     version: PlanVersionView = Field(description="The latest version, or the one asked for")
+    warnings: list[str] = Field(default=[], description="Checks that could not be run, e.g. flavors against the cloud")
 
     @classmethod
-    def of_version(cls, p: PlanRecord, v: PlanVersion) -> PlanView:
-        return cls(**PlanSummaryView.of(p).model_dump(), version=PlanVersionView.of(v))
+    def of_version(cls, p: PlanRecord, v: PlanVersion, warnings: list[str] | None = None) -> PlanView:
+        return cls(**PlanSummaryView.of(p).model_dump(), version=PlanVersionView.of(v), warnings=warnings or [])
 
 
 class PlanList(BaseModel):
@@ -100,11 +101,13 @@ class PlanCheckView(BaseModel):
     plan: dict[str, Any] = Field(description="The plan with parameter defaults substituted and every default filled in")
     summary: StepSummary
     steps: list[StepView] = Field(description="Every step in an order that respects its dependencies")
+    warnings: list[str] = Field(default=[], description="Checks that could not be run, e.g. flavors against the cloud")
 
     @classmethod
-    def of(cls, checked: CheckedPlan) -> PlanCheckView:
+    def of(cls, checked: CheckedPlan, warnings: list[str] | None = None) -> PlanCheckView:
         steps = checked.ordered_steps
         return cls(
+            warnings=warnings or [],
             name=checked.name,
             plan=checked.plan.model_dump(mode="json"),
             summary=StepSummary(
@@ -119,6 +122,7 @@ class PlanCheckView(BaseModel):
 class PlanErrorView(BaseModel):
     path: str = Field(description="JSON path in the document, e.g. $.networks[0].cidr")
     message: str = Field(description="What is wrong and what is allowed")
+    available: list[str] | None = Field(default=None, description="For a name the cloud lacks: the names it has")
 
 
 class PlanInvalidView(BaseModel):
@@ -132,8 +136,16 @@ class RunRequest(BaseModel):
     version: int | None = Field(default=None, ge=1, description="Plan version; the latest when absent")
 
 
+class ResumeRequest(BaseModel):
+    version: int | None = Field(
+        default=None, ge=1, description="Plan version to continue with; the run's own version when absent"
+    )
+
+
 class RunStepView(BaseModel):
     key: str
+    action: str = Field(description="apply, or destroy: a removal (scale-in, destroy run) or a rollback")
+    rollback: bool = Field(description="True when the step undoes what this run created (on_failure: rollback)")
     service: str
     kind: str
     path: str
@@ -150,7 +162,12 @@ class RunView(BaseModel):
     plan_id: UUID
     plan_version: int
     action: str
-    state: str
+    state: str = Field(
+        description="running, cancelling or rolling_back while in progress; then succeeded, failed (a held "
+        "failure, or a rollback that could not undo everything), cancelled or rolled_back"
+    )
+    on_failure: str = Field(description="rollback or hold: what the run does when a step fails")
+    resumed: int = Field(description="How many times the run was resumed")
     message: str
     created_at: datetime
     finished_at: datetime | None
@@ -165,6 +182,8 @@ class RunView(BaseModel):
             plan_version=run.plan_version,
             action=run.action,
             state=run.state,
+            on_failure=run.on_failure,
+            resumed=run.resumed,
             message=run.message,
             created_at=run.created_at,
             finished_at=run.finished_at,

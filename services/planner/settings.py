@@ -12,3 +12,11 @@ class PlannerSettings(ServiceSettings):
         default=600.0, gt=0, description="A step not finished after this long fails with what was last seen"
     )
     timeout_check_seconds: float = Field(default=5.0, gt=0, description="How often overdue steps are looked for")
+    # The domain services' read APIs, which previews and the plan checks ask for live cloud state. The
+    # defaults are the ports `dcostack up` gives them (services/cli/processes.py DEFAULT_PORTS).
+    compute_url: str = Field(default="http://127.0.0.1:8082", description="Base URL of the compute service")
+    network_url: str = Field(default="http://127.0.0.1:8083", description="Base URL of the network service")
+    storage_url: str = Field(default="http://127.0.0.1:8084", description="Base URL of the storage service")
+    domain_timeout_seconds: float = Field(
+        default=20.0, gt=0, description="How long a preview waits for a domain service's answer"
+    )

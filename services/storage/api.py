@@ -5,4 +5,13 @@ from __future__ import annotations
 from services.storage.cloud import StorageCloud
 from shared.cloud_api import cloud_read_router
 
-router = cloud_read_router("storage", StorageCloud, {"volumes": "list_volumes", "containers": "list_containers"})
+router = cloud_read_router(
+    "storage",
+    StorageCloud,
+    {
+        "volumes": "list_volumes",
+        "containers": "list_containers",
+        "quota": "quota",
+        "plan-resources": "plan_resources",
+    },
+)

@@ -16,7 +16,7 @@ import keystoneauth1.exceptions as ksa
 import openstack.exceptions as os_exc
 
 from shared.cinder import find_marked_volumes, wait_volume
-from shared.cloud import CloudError, StepWork
+from shared.cloud import CloudError, StepWork, resource_name, step_tag
 from shared.cloud_errors import translate_sdk_error
 
 Progress = Callable[[str], None]
@@ -89,6 +89,63 @@ class StorageCloud:
         return [
             {"name": c.name, "object_count": c.count, "bytes": c.bytes} for c in self.conn.object_store.containers()
         ]
+
+    def quota(self) -> dict[str, dict[str, int | None]]:
+        """The project's Cinder quota with usage for volumes and gigabytes: ``{resource: {limit, used}}``,
+        ``limit`` null when unlimited; ``used`` counts reserved as taken."""
+        quota = self.conn.block_storage.get_quota_set(self.conn.current_project_id, usage=True)
+        out: dict[str, dict[str, int | None]] = {}
+        for key in ("volumes", "gigabytes"):
+            value = getattr(quota, key, None) or {}
+            if not isinstance(value, dict):
+                value = {"limit": value}
+            limit = value.get("limit")
+            used = int(value.get("in_use") or 0) + int(value.get("reserved") or 0)
+            out[key] = {"limit": None if limit is None or int(limit) < 0 else int(limit), "used": used}
+        return out
+
+    def plan_resources(self, plan_id: str) -> list[dict[str, Any]]:
+        """What storage holds of one plan, by its marks: volumes (size, type, status) and object containers,
+        each with its step key and the fields the plan controls."""
+        out: list[dict[str, Any]] = []
+        for v in self.conn.block_storage.volumes(details=True):
+            meta = v.metadata or {}
+            if meta.get("dcostack_plan") != plan_id:
+                continue
+            key = meta.get("dcostack_step")
+            out.append(
+                {
+                    "kind": "volume",
+                    "step_key": key,
+                    "step_tag": step_tag(key) if key else None,
+                    "id": v.id,
+                    "name": v.name,
+                    "fields": {"size_gb": v.size, "type": v.volume_type, "status": v.status},
+                }
+            )
+        prefix = resource_name(plan_id, "")
+        try:
+            containers = list(self.conn.object_store.containers(prefix=prefix))
+        except os_exc.EndpointNotFound:
+            containers = []  # a cloud without Swift holds no containers of any plan
+        for c in containers:
+            metadata = {
+                k.lower(): v for k, v in (self.conn.object_store.get_container_metadata(c.name).metadata or {}).items()
+            }
+            if metadata.get("dcostack-plan") != plan_id:
+                continue  # another plan whose id starts alike
+            key = metadata.get("dcostack-step")
+            out.append(
+                {
+                    "kind": "object_container",
+                    "step_key": key,
+                    "step_tag": step_tag(key) if key else None,
+                    "id": c.name,
+                    "name": c.name,
+                    "fields": {},
+                }
+            )
+        return out
 
     # -- volumes -----------------------------------------------------------------------------
 

@@ -298,7 +298,8 @@ class TestCreatePlan:
         assert created["version"]["document"] == example()
         got = api.get(f"/v1/plans/{created['id']}")
         assert got.status_code == 200
-        assert got.json() == created
+        # warnings: checks the create could not run (no compute service here); a read runs none
+        assert got.json() == {**created, "warnings": []}
 
     def test_the_same_name_in_the_same_project_is_409(self, api: httpx.Client, planner_url: str) -> None:
         create(api, example())
@@ -462,13 +463,6 @@ class TestRuns:
         assert api.post(f"/v1/plans/{uuid.uuid4()}/runs", json={}).status_code == 404
         bad = api.post(f"/v1/plans/{plan['id']}/runs", json={"action": "explode"})
         assert bad.status_code == 422
-
-    def test_preview_is_not_built_yet_and_says_so(self, api: httpx.Client) -> None:
-        plan = create(api, example())
-        r = api.post(f"/v1/plans/{plan['id']}/preview")
-        assert r.status_code == 501
-        assert r.json()["error"] == "NotImplementedYet"
-        assert "issue #5" in r.json()["detail"]
 
 
 class TestOpenApi:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 
 from tests.fixtures.platform import Platform, wait_for
@@ -64,9 +63,9 @@ class TestRoundTrip:
     def test_unbuilt_capabilities_answer_501_naming_what_is_missing(
         self, platform_factory: Callable[..., Platform]
     ) -> None:
-        platform = platform_factory("planner")
-        with platform.http("planner") as planner:
-            r = planner.post(f"/v1/plans/{uuid.uuid4()}/preview")
+        platform = platform_factory("monitor")
+        with platform.http("monitor") as monitor:
+            r = monitor.get("/v1/monitor/alarms")
         assert r.status_code == 501
         assert r.json()["error"] == "NotImplementedYet"
-        assert "issue #5" in r.json()["detail"]
+        assert "alarms is not implemented yet" in r.json()["detail"]
