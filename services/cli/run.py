@@ -103,10 +103,23 @@ def _finish(run: dict[str, Any], output: Output, ok: tuple[str, ...] = ("succeed
     raise typer.Exit(0 if run["state"] in ok else 1)
 
 
-def start(action: str, plan: str, version: int | None, wait: bool, url: str, project: str, output: Output) -> None:
+def start(
+    action: str,
+    plan: str,
+    version: int | None,
+    wait: bool,
+    url: str,
+    project: str,
+    output: Output,
+    preview_id: str | None = None,
+    force: bool = False,
+) -> None:
     with Planner(url, project) as api:
         plan_id = api.resolve(plan)
-        run = api.call("POST", f"/v1/plans/{plan_id}/runs", json={"action": action, "version": version})
+        body: dict[str, Any] = {"action": action, "version": version}
+        if preview_id:
+            body |= {"preview_id": preview_id, "force": force}
+        run = api.call("POST", f"/v1/plans/{plan_id}/runs", json=body)
         if output is Output.table:
             console.print(f"{action} run {run['id']} started ({len(run['steps'])} steps)")
         if wait:
@@ -195,13 +208,22 @@ def register_plan_commands(plan_app: typer.Typer) -> None:
     def apply_command(
         plan: PlanArg,
         version: Annotated[int | None, typer.Option(min=1, help="A version other than the latest")] = None,
+        preview_id: Annotated[
+            str | None,
+            typer.Option(
+                "--preview",
+                help="Apply what this preview showed (dcostack plan preview): refused if "
+                "the plan or the cloud changed since, or if one of its checks fails",
+            ),
+        ] = None,
+        force: Annotated[bool, typer.Option(help="With --preview: run even though its checks fail")] = False,
         wait: WaitOpt = True,
         planner_url: PlannerUrl = DEFAULT_URL,
         project: Project = DEFAULT_PROJECT,
         output: OutputOpt = Output.table,
     ) -> None:
         """Build the plan in the cloud, step by step in dependency order, with live progress."""
-        start("apply", plan, version, wait, planner_url, project, output)
+        start("apply", plan, version, wait, planner_url, project, output, preview_id, force)
 
     @plan_app.command("destroy")
     def destroy_command(

@@ -27,6 +27,7 @@ from services.planner.schemas import (
     RunView,
 )
 from services.planner.spec import plan_json_schema
+from shared.errors import Conflict, InvalidInput
 
 router = APIRouter()
 
@@ -239,8 +240,36 @@ async def start_run(
     An apply also removes what the plan built earlier and the version no longer has (a smaller count
     scales in, newest instances first); a destroy removes everything the plan built."""
     runtime = request.app.state.runtime
+    version = body.version
+    if body.preview_id is not None:
+        if body.action != "apply":
+            raise InvalidInput("preview_id applies to an apply; leave it out for a destroy", field="preview_id")
+        version = (await service.get_plan(runtime.pool, project_id, plan_id, body.version))[1].version
+        fresh = await preview.ensure_preview_current(
+            runtime.pool,
+            body.preview_id,
+            plan_id,
+            version,
+            project_id=project_id,
+            settings=runtime.settings,
+        )
+        failed = [c for c in fresh["checks"] if c["status"] == "failed"]
+        if failed and not body.force:
+            reasons = "; ".join(f"{c['name']}: {c['message']}" + (f" ({c['fix']})" if c.get("fix") else "")
+                                for c in failed)  # fmt: skip
+            raise Conflict(
+                f"preview {body.preview_id} says this apply would fail: {reasons}. Change the plan or the cloud "
+                "and preview again, or start with force=true to run it anyway",
+                field="preview_id",
+            )
     run_id = await runs.start_run(
-        runtime.pool, project_id, plan_id, body.action, body.version, runtime.settings.step_timeout_seconds
+        runtime.pool,
+        project_id,
+        plan_id,
+        body.action,
+        version,
+        runtime.settings.step_timeout_seconds,
+        preview_id=body.preview_id,
     )
     response.headers["Location"] = f"/v1/runs/{run_id}"
     return RunView.of(await runs.get_run(runtime.pool, project_id, run_id))

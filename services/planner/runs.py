@@ -104,6 +104,7 @@ class Run:
     created_at: datetime
     finished_at: datetime | None
     steps: list[RunStep]
+    preview_id: UUID | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -366,9 +367,17 @@ def _describe(planned: list[PlannedStep]) -> str:
 
 
 async def start_run(
-    pool: asyncpg.Pool, project_id: str, plan_id: UUID, action: str, version: int | None, step_timeout: float
+    pool: asyncpg.Pool,
+    project_id: str,
+    plan_id: UUID,
+    action: str,
+    version: int | None,
+    step_timeout: float,
+    preview_id: UUID | None = None,
 ) -> UUID:
-    """Create a run of the plan's version (the latest by default) and dispatch its first steps."""
+    """Create a run of the plan's version (the latest by default) and dispatch its first steps.
+
+    ``preview_id`` records the preview the run was started from (the caller checked it is current)."""
     async with pool.acquire() as conn, conn.transaction():
         plan = await _locked_plan(conn, project_id, plan_id)
         await _refuse_if_busy(conn, plan_id)
@@ -377,8 +386,9 @@ async def start_run(
         planned = await _plan_steps(conn, plan_id, action, checked.graph, number)
         run_id = uuid.uuid4()
         await conn.execute(
-            """INSERT INTO runs (id, plan_id, plan_version, project_id, action, state, max_parallel, on_failure)
-               VALUES ($1, $2, $3, $4, $5, 'running', $6, $7)""",
+            """INSERT INTO runs (id, plan_id, plan_version, project_id, action, state, max_parallel, on_failure,
+                                 preview_id)
+               VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8)""",
             run_id,
             plan_id,
             number,
@@ -386,6 +396,7 @@ async def start_run(
             action,
             checked.plan.rollout.max_parallel,
             checked.plan.on_failure,
+            preview_id,
         )
         await _insert_steps(conn, run_id, list(enumerate(planned)))
         rows = [_run_event(run_id, plan_id, number, action, "running", _describe(planned))]
@@ -883,6 +894,7 @@ def _run(row: asyncpg.Record, steps: list[asyncpg.Record]) -> Run:
         action=row["action"],
         state=row["state"],
         on_failure=row["on_failure"],
+        preview_id=row["preview_id"],
         resumed=row["resumed"],
         message=row["message"],
         created_at=row["created_at"],

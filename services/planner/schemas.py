@@ -134,6 +134,14 @@ class PlanInvalidView(BaseModel):
 class RunRequest(BaseModel):
     action: Literal["apply", "destroy"] = "apply"
     version: int | None = Field(default=None, ge=1, description="Plan version; the latest when absent")
+    preview_id: UUID | None = Field(
+        default=None,
+        description="Apply exactly what this preview (POST /v1/plans/{id}/preview) showed: refused (409) when "
+        "the plan or the cloud changed since, or when one of its checks fails",
+    )
+    force: bool = Field(
+        default=False, description="Start even though the preview's checks fail (it must still be current)"
+    )
 
 
 class ResumeRequest(BaseModel):
@@ -168,6 +176,7 @@ class RunView(BaseModel):
     )
     on_failure: str = Field(description="rollback or hold: what the run does when a step fails")
     resumed: int = Field(description="How many times the run was resumed")
+    preview_id: UUID | None = Field(default=None, description="The preview the run was started from")
     message: str
     created_at: datetime
     finished_at: datetime | None
@@ -184,6 +193,7 @@ class RunView(BaseModel):
             state=run.state,
             on_failure=run.on_failure,
             resumed=run.resumed,
+            preview_id=run.preview_id,
             message=run.message,
             created_at=run.created_at,
             finished_at=run.finished_at,

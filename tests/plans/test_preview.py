@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from services.cli.infra import drop_database, ensure_database, free_port
 from services.cli.processes import ServiceProcess
 from services.planner.preview import ensure_preview_current
 from services.planner.settings import PlannerSettings
+from shared.cloud import plan_tag
 from shared.errors import Conflict
 from tests.fixtures.openstack import CloudUnderTest
 from tests.fixtures.platform import planner_env, service_env
@@ -233,6 +235,34 @@ class TestFeasibility:
         message = str(raised.value)
         assert "quota instances" in message
         assert "re-run preview" in message
+
+    def test_an_apply_from_a_failing_preview_is_refused_and_forced_through_it_rolls_back(self, setup: Setup) -> None:
+        with setup.api() as api:
+            plan_id = create(api, small_plan(f"force-{uuid.uuid4().hex[:6]}", count=INSTANCE_QUOTA + 1))
+            body = preview(api, plan_id)
+            assert body["ok"] is False
+            start = {"action": "apply", "preview_id": body["preview_id"]}
+            refused = api.post(f"/v1/plans/{plan_id}/runs", json=start)
+            assert refused.status_code == 409, refused.text
+            assert "quota: instances" in refused.json()["detail"]
+            assert "force=true" in refused.json()["detail"]
+            assert api.get(f"/v1/plans/{plan_id}/runs").json()["runs"] == [], "a refused apply started a run"
+
+            forced = api.post(f"/v1/plans/{plan_id}/runs", json={**start, "force": True})
+            assert forced.status_code == 202, forced.text
+            run_id = forced.json()["id"]
+            deadline = time.monotonic() + 300
+            while (run := api.get(f"/v1/runs/{run_id}").json())["state"] in ("running", "rolling_back"):
+                assert time.monotonic() < deadline, f"run still {run['state']}: {run['counts']}"
+                time.sleep(1.0)
+        assert run["preview_id"] == body["preview_id"]
+        assert run["state"] == "rolled_back", failures(run)
+        assert any("Quota exceeded for instances" in f for f in failures(run)), failures(run)
+        left = list(setup.admin.compute.servers(all_projects=True, project_id=setup.project_id,
+                                                tags=plan_tag(plan_id)))  # fmt: skip
+        assert left == [], [s.name for s in left]
+        nets = [n.name for n in setup.admin.network.networks(project_id=setup.project_id) if plan_id[:8] in n.name]
+        assert nets == [], nets
 
     def test_a_missing_external_network_and_a_flavor_no_host_can_take_fail_their_checks(self, setup: Setup) -> None:
         admin = setup.admin
