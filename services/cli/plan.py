@@ -260,12 +260,12 @@ def preview_command(
     if output is Output.json:
         _print_json(body)
     else:
-        _show_preview(body)
+        show_preview(body)
     if not body["ok"]:
         raise typer.Exit(1)
 
 
-def _show_preview(body: dict[str, Any]) -> None:
+def show_preview(body: dict[str, Any]) -> None:
     s = body["summary"]
     verdict = "ok" if body["ok"] else "NOT feasible"
     typer.echo(

@@ -108,14 +108,18 @@ def up(opts: UpOptions) -> int:
         cloud = os.environ.get("DCOSTACK_CLOUD")
         if cloud:
             console.print(f"[bold]cloud[/]      configured: {cloud} (clouds.yaml)")
-        elif opts.plan is not None:
+        capacity_cloud = os.environ.get("DCOSTACK_CAPACITY_CLOUD")
+        if not cloud and opts.plan is not None:
             cloud = _devcloud_up()
+            # devcloud's admin entry lets previews read Placement (host capacity), which members cannot.
+            capacity_cloud = capacity_cloud or f"{cloud}-admin"
         # 4. Services
         env = {
             "DCOSTACK_DATABASE_URL": dsn,
             "DCOSTACK_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "DCOSTACK_LOG_FORMAT": os.environ.get("DCOSTACK_LOG_FORMAT", "json"),
             **({"DCOSTACK_CLOUD": cloud} if cloud else {}),
+            **({"DCOSTACK_CAPACITY_CLOUD": capacity_cloud} if capacity_cloud else {}),
         }
         ports = {name: opts.base_port + i if opts.base_port else DEFAULT_PORTS[name] for i, name in enumerate(SERVICES)}
         # The planner asks the domain services for live cloud state (previews, flavor and image checks).
@@ -211,7 +215,7 @@ def _apply_plan(planner_url: str, path: Path, destroy_after: bool) -> bool:
     With ``destroy_after`` (``up --check``) the plan is destroyed again, so a check leaves nothing behind."""
     import yaml
 
-    from services.cli.plan import Output, Planner
+    from services.cli.plan import Output, Planner, show_preview
     from services.cli.run import render, watch
 
     document = yaml.safe_load(path.read_text())
@@ -222,7 +226,14 @@ def _apply_plan(planner_url: str, path: Path, destroy_after: bool) -> bool:
             api.send("PUT", f"/v1/plans/{plan_id}", path)
         else:
             plan_id = api.send("POST", "/v1/plans", path)["id"]
-        run = api.call("POST", f"/v1/plans/{plan_id}/runs", json={"action": "apply"})
+        # Preview first: what will change, and whether quota, names, subnets and hosts allow it.
+        preview = api.call("POST", f"/v1/plans/{plan_id}/preview", json={})
+        show_preview(preview)
+        if not preview["ok"]:
+            console.print("[red]the preview says this apply would fail[/]: change the plan or the cloud as shown above")
+            return False
+        start = {"action": "apply", "preview_id": preview["preview_id"]}
+        run = api.call("POST", f"/v1/plans/{plan_id}/runs", json=start)
         console.print(f"applying plan {document['name']!r} ({len(run['steps'])} steps), run {run['id']}")
         run = watch(api, run["id"], Output.table)
         console.print(render(run))
