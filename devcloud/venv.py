@@ -16,7 +16,8 @@ REQUIREMENTS = Path(__file__).with_name("requirements.txt")
 
 def requirements_digest(settings: DevcloudSettings) -> str:
     digest = hashlib.sha256(REQUIREMENTS.read_bytes())
-    digest.update(settings.python.encode())
+    # The interpreter the path leads to: checkouts whose own virtualenvs share a Python share one devcloud venv.
+    digest.update(str(Path(settings.python).resolve()).encode())
     return digest.hexdigest()[:12]
 
 
@@ -55,8 +56,21 @@ def ensure_venv(settings: DevcloudSettings) -> Path:
                 "Check that PyPI is reachable and that `uv` works (pip install uv)."
             )
     marker.write_text(REQUIREMENTS.read_text())
-    # Older virtualenvs of other requirement sets are no longer used.
+    # Older virtualenvs of other requirement sets are no longer needed, unless a process still runs from one
+    # (a devcloud started from another checkout).
     for other in venv.parent.glob("venv-*"):
-        if other != venv:
+        if other != venv and not _in_use(other):
             shutil.rmtree(other, ignore_errors=True)
     return venv
+
+
+def _in_use(venv: Path) -> bool:
+    """Whether a running process was started from ``venv`` (its command line names a file in it)."""
+    needle = str(venv).encode() + b"/"
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if needle in cmdline.read_bytes():
+                return True
+        except OSError:  # the process ended meanwhile, or is not ours to read
+            continue
+    return False
