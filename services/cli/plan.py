@@ -45,6 +45,7 @@ Project = Annotated[str, typer.Option(help="Project the plan belongs to (sent as
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table for people, json for scripts")]
 FileArg = Annotated[Path, typer.Argument(help="Plan document: .json is read as JSON, anything else as YAML")]
 PlanArg = Annotated[str, typer.Argument(help="Plan name or id")]
+VersionOpt = Annotated[int | None, typer.Option(min=1, help="A version other than the latest")]
 DEFAULT_URL = "http://127.0.0.1:8081"
 
 
@@ -215,7 +216,7 @@ def list_command(
 @app.command("show")
 def show_command(
     plan: PlanArg,
-    version: Annotated[int | None, typer.Option(min=1, help="A version other than the latest")] = None,
+    version: VersionOpt = None,
     planner_url: PlannerUrl = DEFAULT_URL,
     project: Project = DEFAULT_PROJECT,
     output: OutputOpt = Output.table,
@@ -247,7 +248,7 @@ def show_command(
 @app.command("preview")
 def preview_command(
     plan: PlanArg,
-    version: Annotated[int | None, typer.Option(min=1, help="A version other than the latest")] = None,
+    version: VersionOpt = None,
     planner_url: PlannerUrl = DEFAULT_URL,
     project: Project = DEFAULT_PROJECT,
     output: OutputOpt = Output.table,

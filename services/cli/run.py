@@ -20,6 +20,7 @@ from services.cli.plan import (
     Planner,
     PlannerUrl,
     Project,
+    VersionOpt,
     _print_json,
     console,
     fail,
@@ -29,7 +30,7 @@ from services.planner.domain import DEFAULT_PROJECT
 app = typer.Typer(help="Plan runs: show one, watch it live until it ends, cancel it, resume it.", no_args_is_help=True)
 RunArg = Annotated[str, typer.Argument(help="Run id")]
 WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="Watch the run live until it ends")]
-VersionOpt = Annotated[int | None, typer.Option(min=1, help="A plan version other than the run's own")]
+ResumeVersionOpt = Annotated[int | None, typer.Option(min=1, help="A plan version other than the run's own")]
 #: Run states while a run is in progress (the planner's runs.ACTIVE).
 ACTIVE = ("running", "cancelling", "rolling_back")
 STATE_STYLE = {
@@ -164,7 +165,7 @@ def cancel_command(
 
 @app.command("resume")
 def resume_command(
-    run_id: RunArg, version: VersionOpt = None, wait: WaitOpt = True, planner_url: PlannerUrl = DEFAULT_URL,
+    run_id: RunArg, version: ResumeVersionOpt = None, wait: WaitOpt = True, planner_url: PlannerUrl = DEFAULT_URL,
     project: Project = DEFAULT_PROJECT, output: OutputOpt = Output.table,
 ) -> None:  # fmt: skip
     """Continue a failed (held) or cancelled run, e.g. with the fixed plan's ``--version``; completed steps
@@ -207,7 +208,7 @@ def register_plan_commands(plan_app: typer.Typer) -> None:
     @plan_app.command("apply")
     def apply_command(
         plan: PlanArg,
-        version: Annotated[int | None, typer.Option(min=1, help="A version other than the latest")] = None,
+        version: VersionOpt = None,
         preview_id: Annotated[
             str | None,
             typer.Option(
