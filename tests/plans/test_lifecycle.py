@@ -18,6 +18,7 @@ from services.cli.processes import ServiceProcess
 from shared.cloud import plan_tag
 from tests.fixtures.openstack import Cleanup, CloudUnderTest
 from tests.fixtures.platform import service_env, wait_for
+from tests.plans.test_apply import tagged
 
 pytestmark = pytest.mark.devcloud
 
@@ -122,20 +123,6 @@ def destroy_all(api: httpx.Client, plan_id: str, conn: Any) -> None:
     while left := {k: [getattr(x, "name", None) or x.id for x in v] for k, v in tagged(conn, plan_id).items() if v}:
         assert time.monotonic() < end, f"left in the cloud after the destroy run: {left}"
         time.sleep(2)
-
-
-def tagged(conn: Any, plan_id: str) -> dict[str, list[Any]]:
-    tag = plan_tag(plan_id)
-    return {
-        "servers": list(conn.compute.servers(tags=tag)),
-        "networks": list(conn.network.networks(tags=tag)),
-        "routers": list(conn.network.routers(tags=tag)),
-        "floating ips": list(conn.network.ips(tags=tag)),
-        "load balancers": [lb for lb in conn.load_balancer.load_balancers() if tag in (lb.tags or [])],
-        "volumes": [
-            v for v in conn.block_storage.volumes(details=True) if (v.metadata or {}).get("dcostack_plan") == plan_id
-        ],
-    }
 
 
 def servers(conn: Any, plan_id: str) -> dict[str, Any]:
