@@ -9,12 +9,15 @@ Calls are synchronous: the operation workers run them in a thread.
 from __future__ import annotations
 
 import base64
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import keystoneauth1.exceptions as ksa
 import openstack.exceptions as os_exc
+from cachetools import TTLCache
 
 from shared.cinder import find_marked_volumes, wait_volume
 from shared.cloud import CloudError, Owner, StepWork, plan_tag, resource_name, step_tag
@@ -30,6 +33,10 @@ CAPACITY_HINT = "pick a smaller flavor or free capacity"
 _NAME_SLICES = [f"{digit}$" for digit in range(10)] + ["[^0-9]$"]
 # Nova reports a 409 while a server is busy ("Cannot 'attach_volume' instance ... while it is in
 # task_state ..."), Cinder while a volume is in-use or attaching: waiting and trying again helps.
+#: How long a flavor or image found by name is reused (``ComputeCloud._cached``).
+CATALOG_CACHE_SECONDS = 60.0
+_CATALOG: weakref.WeakKeyDictionary[Any, TTLCache[tuple[str, str], Any]] = weakref.WeakKeyDictionary()
+_CATALOG_LOCK = threading.Lock()
 _STATE_CONFLICT = ("task_state", "vm_state", "in-use", "in use", "while it is in", "status must be", "locked")
 
 
@@ -388,8 +395,28 @@ class ComputeCloud:
         self.conn.compute.delete_server(server, ignore_missing=True)
         self.conn.compute.wait_for_delete(server, interval=self.interval, wait=self.timeout)
 
+    def _cached(self, kind: str, name_or_id: str, find: Callable[[], Any]) -> Any:
+        """A flavor or image found by name, remembered for ``CATALOG_CACHE_SECONDS`` per credential (one
+        keystoneauth session: a project or a run's trust), so a 100-server step batch looks each up once
+        instead of twice per server (openstacksdk's find tries the id, then lists by name). Misses are not
+        remembered: a flavor created a moment later is found on the next try."""
+        key = (kind, name_or_id)
+        with _CATALOG_LOCK:
+            cache = _CATALOG.get(self.conn.session)
+            if cache is None:
+                cache = _CATALOG[self.conn.session] = TTLCache(maxsize=256, ttl=CATALOG_CACHE_SECONDS)
+            found = cache.get(key)
+        if found is None:
+            found = find()
+            if found is not None:
+                with _CATALOG_LOCK:
+                    cache[key] = found
+        return found
+
     def _flavor(self, name_or_id: str, work: StepWork) -> Any:
-        flavor = self.conn.compute.find_flavor(name_or_id, ignore_missing=True)
+        flavor = self._cached(
+            "flavor", name_or_id, lambda: self.conn.compute.find_flavor(name_or_id, ignore_missing=True)
+        )
         if flavor is None:
             names = sorted(f.name for f in self.conn.compute.flavors())
             raise CloudError(
@@ -400,7 +427,7 @@ class ComputeCloud:
         return flavor
 
     def _image(self, name_or_id: str, work: StepWork) -> Any:
-        image = self.conn.image.find_image(name_or_id, ignore_missing=True)
+        image = self._cached("image", name_or_id, lambda: self.conn.image.find_image(name_or_id, ignore_missing=True))
         if image is None:
             names = sorted(i.name for i in self.conn.image.images() if i.status == "active")
             raise CloudError(
