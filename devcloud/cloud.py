@@ -39,6 +39,9 @@ FLAVORS = (  # name, vcpus, ram MB, disk GB
     ("m1.large", 4, 8192, 80),
 )
 IMAGE_NAME = "devcloud-tiny"
+# DCOSTACK's own service user: only the ``service`` role on the service project, so it reaches a user's
+# project solely through the Keystone trust each run delegates to it (as Heat's trustee does).
+DCOSTACK_USER = "dcostack"
 PUBLIC_NETWORK = "public"
 PUBLIC_CIDR = "172.24.4.0/24"
 DEMO_QUOTAS = {
@@ -279,6 +282,8 @@ class Devcloud:
                 ident.assign_project_role_to_user(service_project, user, roles[role])
         if self.s.heat:
             self._heat_domain(conn, roles["admin"])
+        dcostack = self._user(conn, DCOSTACK_USER, self.s.service_password.get_secret_value(), service_project.id)
+        ident.assign_project_role_to_user(service_project, dcostack, roles["service"])
         demo = self._user(conn, "demo", self.s.demo_password.get_secret_value(), demo_project.id)
         for role in ("member", "reader", "load-balancer_member"):
             ident.assign_project_role_to_user(demo_project, demo, roles[role])
@@ -472,6 +477,8 @@ class Devcloud:
 
     # ------------------------------------------------------------- clouds.yaml
     def clouds(self) -> dict[str, dict[str, Any]]:
+        """The clouds.yaml entries ``up`` writes: the demo user, admin, and DCOSTACK's trustee user."""
+
         def entry(user: str, password: str, project: str) -> dict[str, Any]:
             return {
                 "auth": {
@@ -490,6 +497,9 @@ class Devcloud:
         return {
             self.s.cloud_name: entry("demo", self.s.demo_password.get_secret_value(), "demo"),
             f"{self.s.cloud_name}-admin": entry("admin", self.s.admin_password.get_secret_value(), "admin"),
+            f"{self.s.cloud_name}-dcostack": entry(
+                DCOSTACK_USER, self.s.service_password.get_secret_value(), "service"
+            ),
         }
 
     def write_clouds_yaml(self) -> None:

@@ -424,7 +424,8 @@ class Layout:
             "filter:proxy-logging": {"use": "egg:swift#proxy_logging"},
             "filter:listing_formats": {"use": "egg:swift#listing_formats"},
             "filter:copy": {"use": "egg:swift#copy"},
-            "filter:keystoneauth": {"use": "egg:swift#keystoneauth", "operator_roles": "admin,member,manager"},
+            "filter:keystoneauth": {"use": "egg:swift#keystoneauth", "operator_roles": "admin,member,manager",
+                                    "project_reader_roles": "reader"},
             "filter:authtoken": {"paste.filter_factory": "keystonemiddleware.auth_token:filter_factory",
                                  **self.authtoken("swift"), "delay_auth_decision": True},
         })  # fmt: skip

@@ -207,6 +207,24 @@ def test_no_valid_host_is_the_real_scheduler_error(
     assert "No valid host was found" in failed.fault["message"]
 
 
+def test_the_dcostack_service_user_authenticates_and_holds_no_role_in_the_demo_project(
+    test_cloud: CloudUnderTest,
+) -> None:
+    if test_cloud.member != DevcloudSettings().cloud_name:
+        pytest.skip("the dcostack service user is devcloud's; DCOSTACK_TEST_CLOUD names another cloud")
+    service = openstack.connect(cloud=f"{test_cloud.member}-dcostack")
+    service.authorize()
+    assert service.current_project.name == "service"
+    admin = test_cloud.connect(admin=True)
+    user = admin.identity.find_user("dcostack", domain_id="default")
+    assert user is not None
+    assert user.id == service.current_user_id
+    demo = admin.identity.find_project("demo", domain_id="default")
+    assert list(admin.identity.role_assignments(user_id=user.id, scope_project_id=demo.id)) == []
+    roles = {a.role["id"] for a in admin.identity.role_assignments(user_id=user.id)}
+    assert roles == {admin.identity.find_role("service").id}, "the trustee must act only through trusts"
+
+
 def test_down_then_up_again_is_warm_and_the_cloud_works(test_cloud: CloudUnderTest) -> None:
     if test_cloud.member != DevcloudSettings().cloud_name:
         pytest.fail("this test restarts devcloud itself; unset DCOSTACK_TEST_CLOUD to run it")
