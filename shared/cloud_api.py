@@ -1,5 +1,7 @@
 """Read APIs over what a domain service owns in the cloud: the same adapter the service acts with,
-called in a thread, in the project of the service's cloud (clouds.yaml entry ``DCOSTACK_CLOUD``).
+called in a thread. With Keystone (``DCOSTACK_AUTH_STRATEGY=keystone``) a read acts as its caller: the
+caller's validated token (shared/auth.py) is the credential, so it sees the caller's project and nothing
+else. Under noauth it reads in the project of the service's cloud (clouds.yaml entry ``DCOSTACK_CLOUD``).
 
 A read may take query parameters: those its adapter method names as keyword arguments are passed on as
 strings (``GET /v1/compute/plan-resources?plan_id=...`` calls ``plan_resources(plan_id=...)``). A read may
@@ -10,15 +12,18 @@ guessing, so a caller can say the check was not run and why."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from cachetools import TTLCache
 from fastapi import APIRouter, Request
 
-from shared.config import ENV_PREFIX
+from shared.auth import TOKEN_CACHE_SECONDS, Caller, Reader, v3_url
+from shared.config import ENV_PREFIX, ServiceSettings
 from shared.errors import DcostackError, DependencyUnavailable, InvalidInput
 
 #: Reads run on threads of their own: the default executor's few threads (cpu count + 4) are held by step
@@ -45,7 +50,9 @@ def cloud_read_router(
     lock = threading.Lock()
     variable = ENV_PREFIX + cloud_setting.upper()
 
-    def connected(request: Request, cloud: str) -> Any:
+    def connected(request: Request, cloud: str, caller: Caller | None) -> Any:
+        if caller is not None and caller.token is not None:
+            return as_caller(request, caller)
         key = (getattr(adapter, "__qualname__", repr(adapter)), cloud)
         with lock:
             readers: dict[tuple[str, str], Any] = getattr(request.app.state, "cloud_readers", None) or {}
@@ -63,11 +70,28 @@ def cloud_read_router(
                 readers[key] = found
             return found
 
+    def as_caller(request: Request, caller: Caller) -> Any:
+        assert caller.token is not None
+        key = (getattr(adapter, "__qualname__", repr(adapter)), hashlib.sha256(caller.token.encode()).hexdigest())
+        with lock:
+            mine: TTLCache[tuple[str, str], Any] | None = getattr(request.app.state, "caller_readers", None)
+            if mine is None:
+                mine = TTLCache(maxsize=1024, ttl=TOKEN_CACHE_SECONDS)
+                request.app.state.caller_readers = mine
+            found = mine.get(key)
+            if found is None:
+                found = adapter(connect_as(caller, request.app.state.runtime.settings))
+                mine[key] = found
+            return found
+
     def add(path: str, method: str) -> None:
         accepted = _parameters(adapter, method)
 
-        async def read(request: Request) -> dict[str, Any]:
+        async def read(request: Request, who: Reader) -> dict[str, Any]:
             cloud = getattr(request.app.state.runtime.settings, cloud_setting, None)
+            # a read of the project acts as the caller; one with a setting of its own (an admin entry
+            # for Placement's host capacity, which is not project data) keeps that credential
+            caller = who if cloud_setting == "cloud" else None
             if not cloud:
                 return {path: None, "not_run": f"{variable} is not set: {unset_reason}".rstrip(": ")}
             kwargs = {k: v for k, v in request.query_params.items() if k in accepted}
@@ -77,7 +101,7 @@ def cloud_read_router(
 
             def call() -> Any:
                 try:
-                    return getattr(connected(request, cloud), method)(**kwargs)
+                    return getattr(connected(request, cloud, caller), method)(**kwargs)
                 except DcostackError:
                     raise
                 except Exception as exc:
@@ -98,6 +122,27 @@ def cloud_read_router(
     for path, method in reads.items():
         add(path, method)
     return router
+
+
+def connect_as(caller: Caller, settings: ServiceSettings) -> Any:
+    """An openstacksdk connection whose credential is the caller's own validated token (no Keystone call:
+    Keystone's validation answer has the catalog); region and interface from ``DCOSTACK_SERVICE_CLOUD``."""
+    from keystoneauth1 import access, session
+    from keystoneauth1.identity.access import AccessInfoPlugin
+    from openstack.connection import Connection
+
+    assert caller.token is not None
+    assert caller.token_body is not None
+    assert settings.keystone_url
+    ref = access.create(body={"token": caller.token_body}, auth_token=caller.token)
+    region, interface = None, "public"
+    if settings.service_cloud:
+        import openstack.config
+
+        entry = openstack.config.OpenStackConfig().get_one(cloud=settings.service_cloud)
+        region, interface = entry.region_name or None, entry.interface or "public"
+    sess = session.Session(auth=AccessInfoPlugin(ref, auth_url=v3_url(settings.keystone_url)))
+    return Connection(session=sess, region_name=region, interface=interface)
 
 
 def _parameters(adapter: Any, method: str) -> dict[str, bool]:

@@ -23,6 +23,11 @@ class Environment(StrEnum):
     PROD = "prod"
 
 
+class AuthStrategy(StrEnum):
+    KEYSTONE = "keystone"  # every API call carries a Keystone token; the token's project scopes it
+    NOAUTH = "noauth"  # callers name their project (X-Project-Id): development and tests only
+
+
 class LogFormat(StrEnum):
     JSON = "json"
     CONSOLE = "console"
@@ -58,6 +63,17 @@ class ServiceSettings(BaseSettings):
     log_format: LogFormat = LogFormat.AUTO
     otel_exporter_otlp_endpoint: str | None = None
     secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
+    auth_strategy: AuthStrategy = Field(
+        default=AuthStrategy.KEYSTONE,
+        description="keystone: APIs take Keystone tokens (X-Auth-Token); noauth: X-Project-Id, dev/test only",
+    )
+    keystone_url: str | None = Field(
+        default=None, description="Keystone's URL (e.g. https://keystone.example:5000/v3), validates tokens"
+    )
+    service_cloud: str | None = Field(
+        default=None,
+        description="clouds.yaml entry of DCOSTACK's own service user: the trustee runs act through",
+    )
     startup_timeout_seconds: float = Field(
         default=30.0, ge=0.5, description="How long to wait for PostgreSQL and Kafka at start"
     )
@@ -83,6 +99,22 @@ class ServiceSettings(BaseSettings):
             raise ValueError(
                 f"{ENV_PREFIX}SECRET_KEY is the development default while {ENV_PREFIX}ENV={self.env.value}; "
                 f"set {ENV_PREFIX}SECRET_KEY to a random value (e.g. `openssl rand -hex 32`)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _identity(self) -> Self:
+        if self.auth_strategy == AuthStrategy.KEYSTONE and not self.keystone_url:
+            raise ValueError(
+                f"{ENV_PREFIX}KEYSTONE_URL is not set while {ENV_PREFIX}AUTH_STRATEGY=keystone; set it to "
+                f"Keystone's URL (e.g. http://127.0.0.1:25000/v3), or set {ENV_PREFIX}AUTH_STRATEGY=noauth "
+                "for local development without access control"
+            )
+        if self.auth_strategy == AuthStrategy.NOAUTH and self.env not in (Environment.DEV, Environment.TEST):
+            raise ValueError(
+                f"{ENV_PREFIX}AUTH_STRATEGY=noauth lets any caller act in any project; it is refused while "
+                f"{ENV_PREFIX}ENV={self.env.value}: set {ENV_PREFIX}AUTH_STRATEGY=keystone and "
+                f"{ENV_PREFIX}KEYSTONE_URL"
             )
         return self
 

@@ -25,7 +25,11 @@ def create_base_app(runtime: Runtime, *, title: str, description: str) -> FastAP
 
     @app.exception_handler(DcostackError)
     async def _dcostack_error(_: Request, exc: DcostackError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+        headers = {}
+        keystone = getattr(runtime.settings, "keystone_url", None)
+        if exc.status_code == 401 and keystone:  # where to get a token, as Keystone's own middleware says
+            headers["WWW-Authenticate"] = f'Keystone uri="{keystone}"'
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -10,12 +10,31 @@ from typing import Annotated
 import typer
 
 from services.cli.plan import app as plan_app
+from services.cli.plan import credentials
 from services.cli.run import app as run_app
 from services.cli.run import register_plan_commands
 from services.cli.supervisor import UpOptions, default_state_dir, run_self_check, up
 
 app = typer.Typer(help="DCOSTACK: orchestration for OpenStack clouds.", no_args_is_help=True)
 register_plan_commands(plan_app)
+
+
+@app.callback()
+def _root(
+    os_cloud: Annotated[
+        str | None,
+        typer.Option(
+            "--os-cloud",
+            envvar="OS_CLOUD",
+            show_envvar=True,
+            help="The clouds.yaml entry plan and run commands log in to Keystone with",
+        ),
+    ] = None,
+) -> None:
+    """DCOSTACK: orchestration for OpenStack clouds."""
+    credentials["cloud"] = os_cloud
+
+
 app.add_typer(plan_app, name="plan")
 app.add_typer(run_app, name="run")
 

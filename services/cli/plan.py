@@ -7,6 +7,7 @@ plan prints each error with its JSON path, an unreachable planner says how to st
 from __future__ import annotations
 
 import json
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -41,7 +42,13 @@ class Output(StrEnum):
 PlannerUrl = Annotated[
     str, typer.Option(envvar="DCOSTACK_PLANNER_URL", help="Base URL of the planner API", show_envvar=True)
 ]
-Project = Annotated[str, typer.Option(help="Project the plan belongs to (sent as X-Project-Id)")]
+Project = Annotated[
+    str,
+    typer.Option(
+        help="Under noauth only: the project to act in (X-Project-Id). With Keystone, the project is that of "
+        "the clouds.yaml entry (--os-cloud / OS_CLOUD)"
+    ),
+]
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table for people, json for scripts")]
 FileArg = Annotated[Path, typer.Argument(help="Plan document: .json is read as JSON, anything else as YAML")]
 PlanArg = Annotated[str, typer.Argument(help="Plan name or id")]
@@ -101,13 +108,47 @@ def validate_command(file: FileArg, output: OutputOpt = Output.table) -> None:
     console.print(table)
 
 
-class Planner:
-    """The planner API over HTTP; each failure ends the command with one clear line per problem."""
+#: The clouds.yaml entry the CLI logs in with (``dcostack --os-cloud NAME``, else ``OS_CLOUD``).
+credentials: dict[str, str | None] = {"cloud": None}
 
-    def __init__(self, url: str, project: str) -> None:
+
+def keystone_token(cloud: str) -> tuple[str, str]:
+    """Log in with a clouds.yaml entry: its token and project id. Fails with one clear line."""
+    import openstack.config
+    from keystoneauth1 import exceptions as ks
+    from openstack import exceptions as sdk
+
+    try:
+        session = openstack.config.OpenStackConfig().get_one(cloud=cloud).get_session()
+        token, project = session.get_token(), session.get_project_id()
+        if not token or not project:
+            fail(f"clouds.yaml entry {cloud!r} gives no project-scoped token; give it a project_name")
+        return token, project
+    except sdk.ConfigException as e:
+        fail(f"no cloud named {cloud!r} in clouds.yaml ({e}); pass --os-cloud NAME or set OS_CLOUD")
+    except ks.Unauthorized as e:
+        fail(f"Keystone refused the credentials of clouds.yaml entry {cloud!r}: {e}")
+    except ks.ClientException as e:
+        fail(f"cannot log in with clouds.yaml entry {cloud!r}: {e}")
+
+
+class Planner:
+    """The planner API over HTTP; each failure ends the command with one clear line per problem.
+
+    With a clouds.yaml entry (``cloud``, ``dcostack --os-cloud`` or ``OS_CLOUD``) it logs in to Keystone and
+    sends the token; the planner then scopes everything to that entry's project. Without one it names
+    ``project`` (X-Project-Id), which only a noauth planner accepts."""
+
+    def __init__(self, url: str, project: str, cloud: str | None = None) -> None:
         self.url = url.rstrip("/")
-        self.client = httpx.Client(base_url=self.url, timeout=TIMEOUT_SECONDS, headers={"X-Project-Id": project})
+        self.cloud = cloud or credentials["cloud"] or os.environ.get("OS_CLOUD") or None
+        headers = {"X-Project-Id": project}
         self.project = project
+        if self.cloud:
+            token, project_id = keystone_token(self.cloud)
+            headers["X-Auth-Token"] = token
+            self.project = project_id
+        self.client = httpx.Client(base_url=self.url, timeout=TIMEOUT_SECONDS, headers=headers)
 
     def __enter__(self) -> Planner:
         return self
@@ -133,6 +174,11 @@ class Planner:
             body = None
         if r.is_success:
             return body
+        if r.status_code == 401 and not self.cloud:
+            fail(
+                f"the planner at {self.url} needs a Keystone token: pass --os-cloud NAME or set OS_CLOUD "
+                "(an entry of clouds.yaml; devcloud writes `devcloud`)"
+            )
         if isinstance(body, dict) and isinstance(body.get("errors"), list):
             fail(*_error_lines(body["errors"]), f"{body.get('detail', 'the planner refused the plan')}")
         if isinstance(body, dict) and "detail" in body:

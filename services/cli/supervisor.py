@@ -46,17 +46,26 @@ def _status_table(procs: dict[str, ServiceProcess], status: dict[str, str]) -> T
     return table
 
 
-def run_self_check(planner_url: str, count: int = 1, deadline_seconds: float = 60) -> tuple[bool, str]:
-    """Send a probe through Kafka to every domain service and wait for every answer."""
+def run_self_check(
+    planner_url: str, count: int = 1, deadline_seconds: float = 60, cloud: str | None = None
+) -> tuple[bool, str]:
+    """Send a probe through Kafka to every domain service and wait for every answer (logged in with the
+    clouds.yaml entry ``cloud``, ``--os-cloud`` or ``OS_CLOUD`` when one is given)."""
+    from services.cli.plan import credentials, keystone_token
+
+    headers: dict[str, str] = {}
+    cloud = cloud or credentials["cloud"] or os.environ.get("OS_CLOUD") or None
+    if cloud:
+        headers["X-Auth-Token"] = keystone_token(cloud)[0]
     try:
-        return _self_check(planner_url, count, deadline_seconds)
+        return _self_check(planner_url, count, deadline_seconds, headers)
     except httpx.HTTPError as e:
         return False, f"planner not reachable at {planner_url} ({e}); start the platform with `dcostack up`"
 
 
-def _self_check(planner_url: str, count: int, deadline_seconds: float) -> tuple[bool, str]:
+def _self_check(planner_url: str, count: int, deadline_seconds: float, headers: dict[str, str]) -> tuple[bool, str]:
     started = time.monotonic()
-    with httpx.Client(base_url=planner_url, timeout=10) as client:
+    with httpx.Client(base_url=planner_url, timeout=10, headers=headers) as client:
         r = client.post("/v1/probes", json={"count": count})
         if r.status_code != 202:
             return False, f"planner refused the probe: {r.status_code} {r.text}"
@@ -109,10 +118,29 @@ def up(opts: UpOptions) -> int:
         if cloud:
             console.print(f"[bold]cloud[/]      configured: {cloud} (clouds.yaml)")
         capacity_cloud = os.environ.get("DCOSTACK_CAPACITY_CLOUD")
+        identity: dict[str, str] = {}
         if not cloud and opts.plan is not None:
-            cloud = _devcloud_up()
+            cloud, auth_url = _devcloud_up()
             # devcloud's admin entry lets previews read Placement (host capacity), which members cannot.
             capacity_cloud = capacity_cloud or f"{cloud}-admin"
+            # Keystone identity as in production: the CLI logs in as devcloud's demo user, runs act through
+            # trusts to devcloud's `dcostack` service user.
+            identity = {
+                "DCOSTACK_AUTH_STRATEGY": os.environ.get("DCOSTACK_AUTH_STRATEGY", "keystone"),
+                "DCOSTACK_KEYSTONE_URL": os.environ.get("DCOSTACK_KEYSTONE_URL", auth_url),
+                "DCOSTACK_SERVICE_CLOUD": os.environ.get("DCOSTACK_SERVICE_CLOUD", f"{cloud}-dcostack"),
+            }
+        elif not os.environ.get("DCOSTACK_AUTH_STRATEGY") and not os.environ.get("DCOSTACK_KEYSTONE_URL"):
+            identity = {"DCOSTACK_AUTH_STRATEGY": "noauth"}
+        strategy = identity.get("DCOSTACK_AUTH_STRATEGY") or os.environ.get("DCOSTACK_AUTH_STRATEGY", "keystone")
+        if strategy == "noauth":
+            console.print(
+                "[bold]identity[/]   [yellow]noauth[/]: no access control (set DCOSTACK_KEYSTONE_URL for Keystone)"
+            )
+        else:
+            where = identity.get("DCOSTACK_KEYSTONE_URL") or os.environ.get("DCOSTACK_KEYSTONE_URL")
+            console.print(f"[bold]identity[/]   Keystone at {where}")
+        login = (os.environ.get("OS_CLOUD") or cloud) if strategy != "noauth" else None
         # 4. Services
         env = {
             "DCOSTACK_DATABASE_URL": dsn,
@@ -120,6 +148,7 @@ def up(opts: UpOptions) -> int:
             "DCOSTACK_LOG_FORMAT": os.environ.get("DCOSTACK_LOG_FORMAT", "json"),
             **({"DCOSTACK_CLOUD": cloud} if cloud else {}),
             **({"DCOSTACK_CAPACITY_CLOUD": capacity_cloud} if capacity_cloud else {}),
+            **identity,
         }
         ports = {name: opts.base_port + i if opts.base_port else DEFAULT_PORTS[name] for i, name in enumerate(SERVICES)}
         # The planner asks the domain services for live cloud state (previews, flavor and image checks).
@@ -149,10 +178,10 @@ def up(opts: UpOptions) -> int:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"services not ready after {opts.ready_timeout:.0f}s; logs in {logs}")
                 time.sleep(0.25)
-        ok, message = run_self_check(procs["planner"].base_url, opts.probe_count)
+        ok, message = run_self_check(procs["planner"].base_url, opts.probe_count, cloud=login)
         console.print(("[green]self-check passed[/]: " if ok else "[red]self-check failed[/]: ") + message)
         if ok and opts.plan is not None:
-            ok = _apply_plan(procs["planner"].base_url, opts.plan, destroy_after=opts.check)
+            ok = _apply_plan(procs["planner"].base_url, opts.plan, destroy_after=opts.check, cloud=login)
         if opts.check:
             return 0 if ok else 1
         console.print(
@@ -190,8 +219,9 @@ def up(opts: UpOptions) -> int:
             console.print("  stopped kafka")
 
 
-def _devcloud_up() -> str:
-    """Bring devcloud up (installing it the first time), printing its progress; the cloud's name."""
+def _devcloud_up() -> tuple[str, str]:
+    """Bring devcloud up (installing it the first time), printing its progress; the cloud's name and
+    Keystone's URL."""
     from devcloud.cloud import Devcloud
     from devcloud.procs import StepFailed
     from devcloud.settings import DevcloudSettings
@@ -207,10 +237,10 @@ def _devcloud_up() -> str:
     except StepFailed as e:
         raise SystemExit(f"devcloud could not start: {e}") from None
     console.print(f"[bold]devcloud[/]   up in {result.seconds:.0f}s; stop it with `dcostack devcloud down`")
-    return cloud.s.cloud_name
+    return cloud.s.cloud_name, cloud.s.auth_url
 
 
-def _apply_plan(planner_url: str, path: Path, destroy_after: bool) -> bool:
+def _apply_plan(planner_url: str, path: Path, destroy_after: bool, cloud: str | None = None) -> bool:
     """Store the plan (a new version if it exists), apply it with live progress; True if it succeeded.
     With ``destroy_after`` (``up --check``) the plan is destroyed again, so a check leaves nothing behind."""
     import yaml
@@ -219,7 +249,7 @@ def _apply_plan(planner_url: str, path: Path, destroy_after: bool) -> bool:
     from services.cli.run import render, watch
 
     document = yaml.safe_load(path.read_text())
-    with Planner(planner_url, "default") as api:
+    with Planner(planner_url, "default", cloud) as api:
         found = api.call("GET", "/v1/plans", params={"name": document["name"]})["plans"]
         if found:
             plan_id = found[0]["id"]

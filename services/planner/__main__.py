@@ -1,12 +1,18 @@
+import asyncio
 from pathlib import Path
+
+import structlog
 
 from services.planner.app import create_app
 from services.planner.domain import PROBE_TARGETS
 from services.planner.handlers import handlers
 from services.planner.runs import watch_deadlines
 from services.planner.settings import PlannerSettings
+from services.planner.trusts import Delegation
 from shared.runtime import Runtime, ServiceSpec, run_service
 from shared.topics import PLANNER_COMMANDS, PLANNER_EVENTS, commands_topic, events_topic
+
+log = structlog.get_logger(__name__)
 
 
 async def step_deadlines(runtime: Runtime) -> None:
@@ -14,6 +20,21 @@ async def step_deadlines(runtime: Runtime) -> None:
     settings = runtime.settings
     assert isinstance(settings, PlannerSettings)
     await watch_deadlines(runtime.pool, settings.step_timeout_seconds, settings.timeout_check_seconds)
+
+
+async def trust_reaper(runtime: Runtime) -> None:
+    """Delete the Keystone trusts of runs that ended, so no delegation outlives its run."""
+    settings = runtime.settings
+    assert isinstance(settings, PlannerSettings)
+    delegation = Delegation(settings, settings.trust_lifetime_hours)
+    while True:
+        await asyncio.sleep(settings.timeout_check_seconds)
+        if not delegation.enabled:  # noauth: runs carry no trust (a background task must not end)
+            continue
+        try:
+            await delegation.revoke_finished(runtime.pool)
+        except Exception as exc:  # the database may be briefly away; try again next round
+            log.warning("trust.reaper_failed", error=str(exc) or type(exc).__name__)
 
 
 SPEC = ServiceSpec(
@@ -24,7 +45,7 @@ SPEC = ServiceSpec(
     consumes=[events_topic(d) for d in PROBE_TARGETS],  # probe answers, and step progress from the executors
     owns_topics=[PLANNER_COMMANDS, PLANNER_EVENTS, *(commands_topic(d) for d in PROBE_TARGETS)],
     create_app=create_app,
-    background=[step_deadlines],
+    background=[step_deadlines, trust_reaper],
 )
 
 

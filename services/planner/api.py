@@ -6,11 +6,11 @@ import asyncio
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from services.planner import preview, runs, service
 from services.planner.documents import MAX_DOCUMENT_BYTES, format_of, parse_document, too_large
-from services.planner.domain import DEFAULT_PROJECT, PROJECT_ID_PATTERN, ProbeStatus
+from services.planner.domain import ProbeStatus
 from services.planner.schemas import (
     PlanCheckView,
     PlanInvalidView,
@@ -26,12 +26,24 @@ from services.planner.schemas import (
     RunRequest,
     RunView,
 )
+from services.planner.settings import PlannerSettings
 from services.planner.spec import plan_json_schema
+from services.planner.trusts import Delegation
+from shared.auth import Reader, Writer
 from shared.errors import Conflict, InvalidInput
 
 router = APIRouter()
 
 RUNS_ISSUE = "issue #5 (plan lifecycle: preview, scale, cancel, resume)"
+
+
+def _delegation(request: Request) -> Delegation:
+    found: Delegation | None = getattr(request.app.state, "delegation", None)
+    if found is None:
+        settings: PlannerSettings = request.app.state.runtime.settings
+        found = Delegation(settings, settings.trust_lifetime_hours)
+        request.app.state.delegation = found
+    return found
 
 
 def _view(s: ProbeStatus) -> ProbeView:
@@ -46,7 +58,7 @@ def _view(s: ProbeStatus) -> ProbeView:
 
 
 @router.post("/v1/probes", status_code=202, response_model=ProbeView, tags=["self-check"])
-async def start_probe(body: ProbeRequest, request: Request) -> ProbeView:
+async def start_probe(body: ProbeRequest, request: Request, who: Reader) -> ProbeView:
     """Ask domain services to answer through Kafka; poll GET /v1/probes/{id} until ``complete``.
 
     Accepted even while Kafka is down: the commands wait in the outbox and go out when it is back.
@@ -55,24 +67,12 @@ async def start_probe(body: ProbeRequest, request: Request) -> ProbeView:
 
 
 @router.get("/v1/probes/{probe_id}", response_model=ProbeView, tags=["self-check"])
-async def get_probe(probe_id: UUID, request: Request) -> ProbeView:
+async def get_probe(probe_id: UUID, request: Request, who: Reader) -> ProbeView:
     """How many answers each target service has sent for a probe."""
     return _view(await service.probe_status(request.app.state.runtime.pool, probe_id))
 
 
 # --- plans ---------------------------------------------------------------------------------------
-
-ProjectId = Annotated[
-    str,
-    Header(
-        alias="X-Project-Id",
-        pattern=PROJECT_ID_PATTERN,
-        description=(
-            "Project the plan belongs to. Until identity (Keystone tokens) arrives, callers name the project "
-            f"themselves and it defaults to {DEFAULT_PROJECT!r}: a namespace, not an access boundary."
-        ),
-    ),
-]
 
 _DOCUMENT_BODY: dict[str, Any] = {
     "requestBody": {
@@ -121,7 +121,7 @@ async def get_plan_schema() -> dict[str, Any]:
 @router.post(
     "/v1/plans/validate", response_model=PlanCheckView, tags=["plans"], openapi_extra=_DOCUMENT_BODY, responses=_ERRORS
 )
-async def validate_plan(request: Request) -> PlanCheckView:
+async def validate_plan(request: Request, who: Reader) -> PlanCheckView:
     """Check a plan document without storing it: the normalised plan and the steps it compiles to, in an
     order that respects every dependency, or 422 with every error and its JSON path.
 
@@ -129,7 +129,7 @@ async def validate_plan(request: Request) -> PlanCheckView:
     images are checked against the cloud (422 with the available names) when the compute service answers;
     when it does not, ``warnings`` says the check was not run.
     """
-    checked, warnings = await preview.check_live(request.app.state.runtime.settings, await _document(request))
+    checked, warnings = await preview.check_live(request.app.state.runtime.settings, await _document(request), who)
     return PlanCheckView.of(checked, warnings)
 
 
@@ -141,7 +141,7 @@ async def validate_plan(request: Request) -> PlanCheckView:
     openapi_extra=_DOCUMENT_BODY,
     responses={**_ERRORS, 409: {"description": "The project already has a plan of that name"}},
 )
-async def create_plan(request: Request, response: Response, project_id: ProjectId = DEFAULT_PROJECT) -> PlanView:
+async def create_plan(request: Request, response: Response, who: Writer) -> PlanView:
     """Store a valid plan document as version 1 of a new plan, named by the document's ``name``.
 
     Names are unique among the project's plans that are not deleted. The project is the ``X-Project-Id``
@@ -150,8 +150,8 @@ async def create_plan(request: Request, response: Response, project_id: ProjectI
     plan is stored and ``warnings`` says the check was not run.
     """
     document = await _document(request)
-    _, warnings = await preview.check_live(request.app.state.runtime.settings, document)
-    plan, version = await service.create_plan(request.app.state.runtime.pool, project_id, document)
+    _, warnings = await preview.check_live(request.app.state.runtime.settings, document, who)
+    plan, version = await service.create_plan(request.app.state.runtime.pool, who.project_id, document)
     response.headers["Location"] = f"/v1/plans/{plan.id}"
     return PlanView.of_version(plan, version, warnings)
 
@@ -159,19 +159,19 @@ async def create_plan(request: Request, response: Response, project_id: ProjectI
 @router.get("/v1/plans", response_model=PlanList, tags=["plans"])
 async def list_plans(
     request: Request,
-    project_id: ProjectId = DEFAULT_PROJECT,
+    who: Reader,
     name: Annotated[str | None, Query(description="Only the plan of this name")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> PlanList:
     """The project's plans, newest first, each with its latest version number."""
-    plans = await service.list_plans(request.app.state.runtime.pool, project_id, name, limit)
+    plans = await service.list_plans(request.app.state.runtime.pool, who.project_id, name, limit)
     return PlanList(plans=[PlanSummaryView.of(p) for p in plans])
 
 
 @router.get("/v1/plans/{plan_id}", response_model=PlanView, tags=["plans"])
-async def get_plan(plan_id: UUID, request: Request, project_id: ProjectId = DEFAULT_PROJECT) -> PlanView:
+async def get_plan(plan_id: UUID, request: Request, who: Reader) -> PlanView:
     """A plan with its latest version's document."""
-    return PlanView.of_version(*await service.get_plan(request.app.state.runtime.pool, project_id, plan_id))
+    return PlanView.of_version(*await service.get_plan(request.app.state.runtime.pool, who.project_id, plan_id))
 
 
 @router.put(
@@ -181,34 +181,32 @@ async def get_plan(plan_id: UUID, request: Request, project_id: ProjectId = DEFA
     openapi_extra=_DOCUMENT_BODY,
     responses={**_ERRORS, 404: {"description": "No such plan in the project"}},
 )
-async def update_plan(plan_id: UUID, request: Request, project_id: ProjectId = DEFAULT_PROJECT) -> PlanView:
+async def update_plan(plan_id: UUID, request: Request, who: Writer) -> PlanView:
     """Store a valid document as the plan's next version; earlier versions stay readable.
 
     The document must keep the plan's name. Sending the same document as the latest version again
     changes nothing and answers that version, so a retried PUT does not add versions.
     """
     document = await _document(request)
-    _, warnings = await preview.check_live(request.app.state.runtime.settings, document)
-    plan, version = await service.update_plan(request.app.state.runtime.pool, project_id, plan_id, document)
+    _, warnings = await preview.check_live(request.app.state.runtime.settings, document, who)
+    plan, version = await service.update_plan(request.app.state.runtime.pool, who.project_id, plan_id, document)
     return PlanView.of_version(plan, version, warnings)
 
 
 @router.delete("/v1/plans/{plan_id}", status_code=204, tags=["plans"])
-async def delete_plan(plan_id: UUID, request: Request, project_id: ProjectId = DEFAULT_PROJECT) -> Response:
+async def delete_plan(plan_id: UUID, request: Request, who: Writer) -> Response:
     """Delete the plan record (its versions are kept, its name becomes free); nothing in the cloud changes.
 
     Deleting a plan that has runs will be refused once runs exist; destroying what a plan built will be a run.
     """
-    await service.delete_plan(request.app.state.runtime.pool, project_id, plan_id)
+    await service.delete_plan(request.app.state.runtime.pool, who.project_id, plan_id)
     return Response(status_code=204)
 
 
 @router.get("/v1/plans/{plan_id}/versions", response_model=PlanVersionList, tags=["plans"])
-async def list_plan_versions(
-    plan_id: UUID, request: Request, project_id: ProjectId = DEFAULT_PROJECT
-) -> PlanVersionList:
+async def list_plan_versions(plan_id: UUID, request: Request, who: Reader) -> PlanVersionList:
     """Every version of a plan, oldest first, without documents."""
-    plan, versions = await service.list_versions(request.app.state.runtime.pool, project_id, plan_id)
+    plan, versions = await service.list_versions(request.app.state.runtime.pool, who.project_id, plan_id)
     return PlanVersionList(plan_id=plan.id, name=plan.name, versions=[PlanVersionView.of(v) for v in versions])
 
 
@@ -217,10 +215,12 @@ async def get_plan_version(
     plan_id: UUID,
     version: Annotated[int, Path(ge=1)],
     request: Request,
-    project_id: ProjectId = DEFAULT_PROJECT,
+    who: Reader,
 ) -> PlanView:
     """A plan with the document of one of its versions."""
-    return PlanView.of_version(*await service.get_plan(request.app.state.runtime.pool, project_id, plan_id, version))
+    return PlanView.of_version(
+        *await service.get_plan(request.app.state.runtime.pool, who.project_id, plan_id, version)
+    )
 
 
 # --- plan runs: not built yet -----------------------------------------------------------------------
@@ -232,7 +232,7 @@ async def start_run(
     body: RunRequest,
     request: Request,
     response: Response,
-    project_id: ProjectId = DEFAULT_PROJECT,
+    who: Writer,
 ) -> RunView:
     """Apply (or destroy) a plan version in the cloud as a run of ordered steps; 409 while another run
     of the plan is in progress. Follow it at ``GET /v1/runs/{run_id}`` or with ``dcostack run watch``.
@@ -244,14 +244,15 @@ async def start_run(
     if body.preview_id is not None:
         if body.action != "apply":
             raise InvalidInput("preview_id applies to an apply; leave it out for a destroy", field="preview_id")
-        version = (await service.get_plan(runtime.pool, project_id, plan_id, body.version))[1].version
+        version = (await service.get_plan(runtime.pool, who.project_id, plan_id, body.version))[1].version
         fresh = await preview.ensure_preview_current(
             runtime.pool,
             body.preview_id,
             plan_id,
             version,
-            project_id=project_id,
+            project_id=who.project_id,
             settings=runtime.settings,
+            caller=who,
         )
         failed = [c for c in fresh["checks"] if c["status"] == "failed"]
         if failed and not body.force:
@@ -262,35 +263,44 @@ async def start_run(
                 "and preview again, or start with force=true to run it anyway",
                 field="preview_id",
             )
-    run_id = await runs.start_run(
-        runtime.pool,
-        project_id,
-        plan_id,
-        body.action,
-        version,
-        runtime.settings.step_timeout_seconds,
-        preview_id=body.preview_id,
-    )
+    delegation = _delegation(request)
+    await service.get_plan(runtime.pool, who.project_id, plan_id)  # 404 before anything is delegated
+    trust_id = await delegation.delegate(who, f"a {body.action} of plan {plan_id}")
+    try:
+        run_id = await runs.start_run(
+            runtime.pool,
+            who.project_id,
+            plan_id,
+            body.action,
+            version,
+            runtime.settings.step_timeout_seconds,
+            preview_id=body.preview_id,
+            trust_id=trust_id,
+        )
+    except BaseException:
+        if trust_id is not None:  # no run holds it: delete it now rather than let it wait for its expiry
+            await delegation.revoke(trust_id)
+        raise
     response.headers["Location"] = f"/v1/runs/{run_id}"
-    return RunView.of(await runs.get_run(runtime.pool, project_id, run_id))
+    return RunView.of(await runs.get_run(runtime.pool, who.project_id, run_id))
 
 
 @router.get("/v1/plans/{plan_id}/runs", response_model=RunList, tags=["runs"])
 async def list_plan_runs(
     plan_id: UUID,
     request: Request,
-    project_id: ProjectId = DEFAULT_PROJECT,
+    who: Reader,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> RunList:
     """A plan's runs, newest first (without their steps)."""
-    found = await runs.list_runs(request.app.state.runtime.pool, project_id, plan_id, limit)
+    found = await runs.list_runs(request.app.state.runtime.pool, who.project_id, plan_id, limit)
     return RunList(runs=[RunView.of(r) for r in found])
 
 
 @router.get("/v1/runs/{run_id}", response_model=RunView, tags=["runs"])
-async def get_run(run_id: UUID, request: Request, project_id: ProjectId = DEFAULT_PROJECT) -> RunView:
+async def get_run(run_id: UUID, request: Request, who: Reader) -> RunView:
     """A run and every step: state, what the cloud last said, outputs, and the cloud's error with a hint."""
-    return RunView.of(await runs.get_run(request.app.state.runtime.pool, project_id, run_id))
+    return RunView.of(await runs.get_run(request.app.state.runtime.pool, who.project_id, run_id))
 
 
 @router.post(
@@ -300,14 +310,14 @@ async def get_run(run_id: UUID, request: Request, project_id: ProjectId = DEFAUL
     tags=["runs"],
     responses={404: {"description": "No such run in the project"}, 409: {"description": "The run already ended"}},
 )
-async def cancel_run(run_id: UUID, request: Request, project_id: ProjectId = DEFAULT_PROJECT) -> RunView:
+async def cancel_run(run_id: UUID, request: Request, who: Writer) -> RunView:
     """Cancel a run: it is ``cancelling`` at once and dispatches nothing more; steps in flight finish (or time
     out), then the run and its steps not started end ``cancelled``. Resume it later with POST .../resume.
 
     409 when the run already ended, or while it rolls back (stopping that would leave part of it behind)."""
     runtime = request.app.state.runtime
-    await runs.cancel_run(runtime.pool, project_id, run_id, runtime.settings.step_timeout_seconds)
-    return RunView.of(await runs.get_run(runtime.pool, project_id, run_id))
+    await runs.cancel_run(runtime.pool, who.project_id, run_id, runtime.settings.step_timeout_seconds)
+    return RunView.of(await runs.get_run(runtime.pool, who.project_id, run_id))
 
 
 @router.post(
@@ -321,13 +331,21 @@ async def cancel_run(run_id: UUID, request: Request, project_id: ProjectId = DEF
         422: {"description": "The plan version is no longer valid"},
     },
 )
-async def resume_run(
-    run_id: UUID, request: Request, body: ResumeRequest | None = None, project_id: ProjectId = DEFAULT_PROJECT
-) -> RunView:
+async def resume_run(run_id: UUID, request: Request, who: Writer, body: ResumeRequest | None = None) -> RunView:
     """Continue a failed (held) or cancelled run in place, with its plan version or ``version`` (e.g. the
     fixed plan): succeeded steps whose parameters did not change are kept and not redone; every other step
     starts again, and what the version no longer has is removed."""
     runtime = request.app.state.runtime
     version = body.version if body else None
-    await runs.resume_run(runtime.pool, project_id, run_id, version, runtime.settings.step_timeout_seconds)
-    return RunView.of(await runs.get_run(runtime.pool, project_id, run_id))
+    delegation = _delegation(request)
+    await runs.get_run(runtime.pool, who.project_id, run_id)  # 404 before anything is delegated
+    trust_id = await delegation.delegate(who, f"resuming run {run_id}")
+    try:
+        await runs.resume_run(
+            runtime.pool, who.project_id, run_id, version, runtime.settings.step_timeout_seconds, trust_id
+        )
+    except BaseException:
+        if trust_id is not None:
+            await delegation.revoke(trust_id)
+        raise
+    return RunView.of(await runs.get_run(runtime.pool, who.project_id, run_id))

@@ -11,6 +11,7 @@ from uuid import UUID
 
 from services.planner.compiler import Graph, Step, compile_plan
 from services.planner.spec import InvalidPlan, Plan, PlanError, validate_plan
+from shared import auth
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.topics import DOMAINS
 
@@ -48,10 +49,8 @@ class ProbeStatus:
 
 # --- plans -----------------------------------------------------------------------------------------
 
-#: The project of a request that names none. Identity (Keystone) arrives later; until then every caller
-#: may name any project with the ``X-Project-Id`` header, so a project is a namespace, not a boundary.
-DEFAULT_PROJECT = "default"
-PROJECT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+#: The project of a noauth request that names none (shared/auth.py: with Keystone, the token's project).
+DEFAULT_PROJECT = auth.DEFAULT_PROJECT
 
 #: The most steps one plan may compile to. The spec bounds each group (count <= 1000) but not the number
 #: of groups, so without this a 1 MiB document could ask for millions of steps and exhaust the planner.

@@ -41,6 +41,7 @@ from services.planner.compiler import Graph, Step
 from services.planner.domain import CheckedPlan, PlanInvalid, check_plan
 from services.planner.settings import PlannerSettings
 from services.planner.spec import Plan, PlanError
+from shared.auth import Caller
 from shared.cloud import step_tag
 from shared.errors import Conflict, DependencyUnavailable, NotFound
 from shared.logging import get_logger
@@ -72,12 +73,15 @@ class DomainServices:
 
     urls: dict[str, str]
     timeout: float = 20.0
+    #: who asks: the caller's token (or, under noauth, project), so the services read as the caller
+    headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, settings: PlannerSettings) -> DomainServices:
+    def of(cls, settings: PlannerSettings, caller: Caller | None = None) -> DomainServices:
         return cls(
             {"compute": settings.compute_url, "network": settings.network_url, "storage": settings.storage_url},
             settings.domain_timeout_seconds,
+            caller.forward_headers if caller else {},
         )
 
     async def get(self, client: httpx.AsyncClient, name: str, path: str, **params: str) -> dict[str, Any]:
@@ -86,7 +90,7 @@ class DomainServices:
         url = f"{base}/v1/{name}/{path}"
         where = f"the {name} service at {base} ({url_setting(name)})"
         try:
-            r = await client.get(url, params=params, timeout=self.timeout)
+            r = await client.get(url, params=params, timeout=self.timeout, headers=self.headers)
         except httpx.TimeoutException as exc:
             raise DependencyUnavailable(
                 f"{where} did not answer GET /v1/{name}/{path} within {self.timeout:.0f}s ({type(exc).__name__})",
@@ -1159,6 +1163,7 @@ async def ensure_preview_current(
     project_id: str,
     settings: PlannerSettings,
     client: httpx.AsyncClient | None = None,
+    caller: Caller | None = None,
 ) -> dict[str, Any]:
     """Check that a stored preview still describes what a run of ``plan_id`` at ``version`` would do.
 
@@ -1186,7 +1191,8 @@ async def ensure_preview_current(
             f"version {version}; {rerun}",
             field="preview_id",
         )
-    fresh = await compute_preview(pool_or_conn, DomainServices.of(settings), project_id, plan_id, version, client)
+    services = DomainServices.of(settings, caller)
+    fresh = await compute_preview(pool_or_conn, services, project_id, plan_id, version, client)
     changes: list[str] = []
     if fresh.plan_fingerprint != row["plan_fingerprint"]:
         changes.append(f"plan version {version}'s document")
@@ -1228,14 +1234,18 @@ class CatalogError(PlanError):
 CATALOG_TIMEOUT_SECONDS = 5.0
 
 
-async def check_catalog(settings: PlannerSettings, plan: Plan, client: httpx.AsyncClient | None = None) -> list[str]:
+async def check_catalog(
+    settings: PlannerSettings, plan: Plan, client: httpx.AsyncClient | None = None, caller: Caller | None = None
+) -> list[str]:
     """Refuse a plan naming a flavor or image the cloud does not have (:class:`PlanInvalid`, 422, each error
     with its JSON path and the available names). When the compute service cannot be asked, return a
     warning saying the live check was not run; the plan is still accepted."""
     if not plan.instance_groups:
         return []
     services = DomainServices(
-        {"compute": settings.compute_url}, min(settings.domain_timeout_seconds, CATALOG_TIMEOUT_SECONDS)
+        {"compute": settings.compute_url},
+        min(settings.domain_timeout_seconds, CATALOG_TIMEOUT_SECONDS),
+        caller.forward_headers if caller else {},
     )
     http = client or httpx.AsyncClient()
     try:
@@ -1279,8 +1289,10 @@ async def check_catalog(settings: PlannerSettings, plan: Plan, client: httpx.Asy
     return []
 
 
-async def check_live(settings: PlannerSettings, document: Any) -> tuple[CheckedPlan, list[str]]:
+async def check_live(
+    settings: PlannerSettings, document: Any, caller: Caller | None = None
+) -> tuple[CheckedPlan, list[str]]:
     """Validate a document (:class:`PlanInvalid` with every error's path) and then its flavors and images
     against the cloud (:func:`check_catalog`); the checked plan and the warnings about checks not run."""
     checked = await service.check_document(document)
-    return checked, await check_catalog(settings, checked.plan)
+    return checked, await check_catalog(settings, checked.plan, caller=caller)

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from services.planner import preview
-from services.planner.domain import DEFAULT_PROJECT, PROJECT_ID_PATTERN
 from services.planner.settings import PlannerSettings
+from shared.auth import Reader
 
 router = APIRouter(tags=["runs"])
-
-ProjectId = Annotated[str, Header(alias="X-Project-Id", pattern=PROJECT_ID_PATTERN, description="Project of the plan")]
 
 
 class PreviewRequest(BaseModel):
@@ -71,7 +69,7 @@ class PreviewView(BaseModel):
     },
 )
 async def preview_plan(
-    plan_id: UUID, request: Request, body: PreviewRequest | None = None, project_id: ProjectId = DEFAULT_PROJECT
+    plan_id: UUID, request: Request, who: Reader, body: PreviewRequest | None = None
 ) -> dict[str, Any]:
     """What applying a plan version would create, change and delete in the cloud, and whether the cloud can
     take it: quota headroom, flavors, images and external networks, room in every subnet, host capacity.
@@ -81,12 +79,12 @@ async def preview_plan(
     """
     runtime = request.app.state.runtime
     settings: PlannerSettings = runtime.settings
-    services = preview.DomainServices.of(settings)
+    services = preview.DomainServices.of(settings, who)
     version = body.version if body else None
-    return await preview.create_preview(runtime.pool, services, project_id, plan_id, version)
+    return await preview.create_preview(runtime.pool, services, who.project_id, plan_id, version)
 
 
 @router.get("/v1/previews/{preview_id}", response_model=PreviewView)
-async def get_preview(preview_id: UUID, request: Request, project_id: ProjectId = DEFAULT_PROJECT) -> dict[str, Any]:
+async def get_preview(preview_id: UUID, request: Request, who: Reader) -> dict[str, Any]:
     """A stored preview, as it was computed."""
-    return await preview.get_preview(request.app.state.runtime.pool, project_id, preview_id)
+    return await preview.get_preview(request.app.state.runtime.pool, who.project_id, preview_id)

@@ -374,10 +374,12 @@ async def start_run(
     version: int | None,
     step_timeout: float,
     preview_id: UUID | None = None,
+    trust_id: str | None = None,
 ) -> UUID:
     """Create a run of the plan's version (the latest by default) and dispatch its first steps.
 
-    ``preview_id`` records the preview the run was started from (the caller checked it is current)."""
+    ``preview_id`` records the preview the run was started from (the caller checked it is current);
+    ``trust_id`` is the Keystone trust its steps act through (services/planner/trusts.py)."""
     async with pool.acquire() as conn, conn.transaction():
         plan = await _locked_plan(conn, project_id, plan_id)
         await _refuse_if_busy(conn, plan_id)
@@ -387,8 +389,8 @@ async def start_run(
         run_id = uuid.uuid4()
         await conn.execute(
             """INSERT INTO runs (id, plan_id, plan_version, project_id, action, state, max_parallel, on_failure,
-                                 preview_id)
-               VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8)""",
+                                 preview_id, trust_id)
+               VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8, $9)""",
             run_id,
             plan_id,
             number,
@@ -397,6 +399,7 @@ async def start_run(
             checked.plan.rollout.max_parallel,
             checked.plan.on_failure,
             preview_id,
+            trust_id,
         )
         await _insert_steps(conn, run_id, list(enumerate(planned)))
         rows = [_run_event(run_id, plan_id, number, action, "running", _describe(planned))]
@@ -442,10 +445,16 @@ async def cancel_run(pool: asyncpg.Pool, project_id: str, run_id: UUID, step_tim
 
 
 async def resume_run(
-    pool: asyncpg.Pool, project_id: str, run_id: UUID, version: int | None, step_timeout: float
+    pool: asyncpg.Pool,
+    project_id: str,
+    run_id: UUID,
+    version: int | None,
+    step_timeout: float,
+    trust_id: str | None = None,
 ) -> None:
     """Continue a failed or cancelled run with its plan version (or ``version``): succeeded steps whose
-    params did not change are kept, every other step starts again."""
+    params did not change are kept, every other step starts again. ``trust_id`` replaces the run's trust
+    (the old one is deleted in Keystone by the planner's trust reaper)."""
     async with pool.acquire() as conn, conn.transaction():
         found = await conn.fetchrow("SELECT plan_id FROM runs WHERE id = $1 AND project_id = $2", run_id, project_id)
         if found is None:
@@ -478,15 +487,21 @@ async def resume_run(
         kept = await _reset_steps(conn, run_id, planned)
         todo = len(planned) - kept
         message = f"resumed with plan version {number}: {kept} succeeded step(s) kept, {todo} to do"
+        if run["trust_id"] is not None and run["trust_id"] != trust_id:
+            await conn.execute(
+                "INSERT INTO retired_trusts (trust_id) VALUES ($1) ON CONFLICT DO NOTHING", run["trust_id"]
+            )
         await conn.execute(
             """UPDATE runs SET state = 'running', plan_version = $2, on_failure = $3,
-                      max_parallel = $4, resumed = resumed + 1, message = $5, finished_at = NULL, updated_at = now()
+                      max_parallel = $4, resumed = resumed + 1, message = $5, finished_at = NULL, updated_at = now(),
+                      trust_id = $6
                WHERE id = $1""",
             run_id,
             number,
             checked.plan.on_failure,
             checked.plan.rollout.max_parallel,
             message,
+            trust_id,
         )
         rows = [_run_event(run_id, plan_id, number, run["action"], "running", message)]
         rows += await advance(conn, run_id, step_timeout)
@@ -631,6 +646,7 @@ async def _dispatch(
             path=step["path"],
             params=json.loads(step["params"]),
             timeout_seconds=step_timeout,
+            trust_id=run["trust_id"],
         )
         out.append(
             make_outbox_row(
@@ -876,6 +892,9 @@ async def get_run(pool: asyncpg.Pool | asyncpg.Connection, project_id: str, run_
 
 
 async def list_runs(pool: asyncpg.Pool, project_id: str, plan_id: UUID, limit: int = 50) -> list[Run]:
+    """The plan's runs, newest first; 404 when the project has no such plan (a deleted one keeps its runs)."""
+    if not await pool.fetchval("SELECT 1 FROM plans WHERE id = $1 AND project_id = $2", plan_id, project_id):
+        raise NotFound(f"plan {plan_id} does not exist in project {project_id!r}", field="plan_id")
     rows = await pool.fetch(
         "SELECT * FROM runs WHERE plan_id = $1 AND project_id = $2 ORDER BY created_at DESC LIMIT $3",
         plan_id,

@@ -20,3 +20,9 @@ class PlannerSettings(ServiceSettings):
     domain_timeout_seconds: float = Field(
         default=20.0, gt=0, description="How long a preview waits for a domain service's answer"
     )
+    trust_lifetime_hours: float = Field(
+        default=24.0,
+        gt=0,
+        le=24 * 30,
+        description="How long the Keystone trust a run acts through lasts (a resume makes a new one)",
+    )

@@ -15,7 +15,13 @@ def run_service(name: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
     clean = {k: v for k, v in os.environ.items() if not k.startswith("DCOSTACK_")}
     return subprocess.run(
         [sys.executable, "-m", f"services.{name}"],
-        env={**clean, "DCOSTACK_STARTUP_TIMEOUT_SECONDS": "1", "DCOSTACK_LOG_FORMAT": "json", **env},
+        env={
+            **clean,
+            "DCOSTACK_STARTUP_TIMEOUT_SECONDS": "1",
+            "DCOSTACK_LOG_FORMAT": "json",
+            "DCOSTACK_KEYSTONE_URL": "http://127.0.0.1:1/v3",
+            **env,
+        },
         capture_output=True,
         text=True,
         timeout=60,
@@ -39,6 +45,7 @@ class TestSettingsErrors:
             ({"DCOSTACK_LOG_LEVEL": "LOUD"}, "DCOSTACK_LOG_LEVEL", "DEBUG, INFO"),
             ({"DCOSTACK_ENV": "staging"}, "DCOSTACK_ENV", "'dev', 'test' or 'prod'"),
             ({"DCOSTACK_ENV": "prod"}, "DCOSTACK_SECRET_KEY", "openssl rand"),
+            ({"DCOSTACK_KEYSTONE_URL": ""}, "DCOSTACK_KEYSTONE_URL", "DCOSTACK_AUTH_STRATEGY=noauth"),
         ],
     )
     def test_bad_setting_names_the_variable_and_the_fix(
