@@ -25,6 +25,12 @@ class _StepCommand(EventData):
     path: str = Field(description="JSON path in the plan the step comes from, for error messages")
     params: dict[str, Any] = Field(default_factory=dict)
     timeout_seconds: float = Field(gt=0, description="How long the service may work on it before failing it")
+    trust_id: str | None = Field(
+        None,
+        description="The Keystone trust the service acts through (trustor: the user who started the run; "
+        "trustee: DCOSTACK's service user). None: the service acts with its own DCOSTACK_CLOUD entry "
+        "(noauth deployments)",
+    )
 
 
 @register
