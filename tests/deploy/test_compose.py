@@ -22,7 +22,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 import shared.metrics
 from services.cli.processes import SERVICES as CLI_SERVICES
-from shared.config import ENV_PREFIX, ServiceSettings, load_settings, unknown_variables
+from shared.config import ENV_PREFIX, CloudExecutorSettings, ServiceSettings, load_settings, unknown_variables
 from shared.runtime import ServiceSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +31,7 @@ PROMETHEUS_FILE = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 DASHBOARD_FILE = GRAFANA_DIR / "dashboards" / "dcostack.json"
 CONTAINER_PORT = 8080
+CLOUDS_YAML = "/etc/openstack/clouds.yaml"
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
@@ -54,6 +55,12 @@ def settings_class(name: str) -> type[ServiceSettings]:
 
 def needs_cloud(name: str) -> bool:
     return "cloud" in settings_class(name).model_fields
+
+
+def uses_trusts(name: str) -> bool:
+    """The planner makes and deletes Keystone trusts; the cloud executors act through them."""
+    cls = settings_class(name)
+    return "trust_lifetime_hours" in cls.model_fields or issubclass(cls, CloudExecutorSettings)
 
 
 def interpolate(text: str, env: Mapping[str, str]) -> str:
@@ -152,7 +159,13 @@ class TestApplicationServices:
         self, services: dict[str, dict[str, Any]], name: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Build the service's real settings from its compose environment: wrong names or values fail here."""
-        fake = {"POSTGRES_PASSWORD": "pw", "DCOSTACK_SECRET_KEY": "k" * 32, "DCOSTACK_CLOUDS_YAML": "/c.yaml"}
+        fake = {
+            "POSTGRES_PASSWORD": "pw",
+            "DCOSTACK_SECRET_KEY": "k" * 32,
+            "DCOSTACK_CLOUDS_YAML": "/c.yaml",
+            "DCOSTACK_KEYSTONE_URL": "https://keystone.example:5000/v3",
+            "DCOSTACK_SERVICE_CLOUD": "dcostack",
+        }
         env = {k: interpolate(v, fake) for k, v in env_of(services[name]).items()}
         for var in [v for v in os.environ if v.startswith(ENV_PREFIX)]:
             monkeypatch.delenv(var)
@@ -165,20 +178,40 @@ class TestApplicationServices:
         assert settings.http_host == "0.0.0.0"
         assert settings.kafka_bootstrap_servers == "kafka:9092"
         assert settings.database_url == "postgresql://dcostack:pw@postgres:5432/dcostack"
+        assert settings.auth_strategy == "keystone"
+        assert settings.keystone_url == "https://keystone.example:5000/v3"
+        assert settings.service_cloud == ("dcostack" if uses_trusts(name) else None)
+
+    @pytest.mark.parametrize("name", SERVICE_NAMES)
+    def test_identity_is_required_never_defaulted(self, services: dict[str, dict[str, Any]], name: str) -> None:
+        env = env_of(services[name])
+        assert env["DCOSTACK_AUTH_STRATEGY"] == "keystone"
+        assert env["DCOSTACK_KEYSTONE_URL"].startswith("${DCOSTACK_KEYSTONE_URL:?")
+        if uses_trusts(name):
+            assert env["DCOSTACK_SERVICE_CLOUD"].startswith("${DCOSTACK_SERVICE_CLOUD:?")
+        else:
+            assert "DCOSTACK_SERVICE_CLOUD" not in env
+
+    def test_trust_users_are_the_planner_and_the_cloud_executors(self) -> None:
+        assert {n for n in SERVICE_NAMES if uses_trusts(n)} == {"planner", "compute", "network", "storage"}
 
     @pytest.mark.parametrize("name", SERVICE_NAMES)
     def test_clouds_yaml_only_where_a_cloud_is_used(self, services: dict[str, dict[str, Any]], name: str) -> None:
         svc = services[name]
         mounts = [v for v in svc.get("volumes", []) if isinstance(v, dict) and v.get("target", "").endswith(".yaml")]
         env = env_of(svc)
-        if needs_cloud(name):
+        if needs_cloud(name) or uses_trusts(name):
             assert len(mounts) == 1, f"{name} needs clouds.yaml"
             assert mounts[0]["read_only"] is True, f"{name} must mount clouds.yaml read-only"
+            assert mounts[0]["target"] == CLOUDS_YAML
             assert env.get("OS_CLIENT_CONFIG_FILE") == mounts[0]["target"]
-            assert env.get("DCOSTACK_CLOUD", "").startswith("${DCOSTACK_CLOUD")
         else:
             assert not mounts
-            assert "DCOSTACK_CLOUD" not in env
+            assert "OS_CLIENT_CONFIG_FILE" not in env
+        if needs_cloud(name):
+            assert env.get("DCOSTACK_CLOUD", "").startswith("${DCOSTACK_CLOUD")
+        else:
+            assert "DCOSTACK_CLOUD" not in env, f"{name}'s settings do not read DCOSTACK_CLOUD"
 
     def test_services_run_hardened(self, services: dict[str, dict[str, Any]]) -> None:
         for name in [*SERVICE_NAMES, "migrate"]:

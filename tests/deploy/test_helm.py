@@ -18,10 +18,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from helm_python import HelmValuesError
+from helm_python import HelmError, HelmValuesError
 from helm_python.chart import Chart, lint
 
-from shared.config import ENV_PREFIX, ServiceSettings, load_settings, unknown_variables
+from shared.config import ENV_PREFIX, CloudExecutorSettings, ServiceSettings, load_settings, unknown_variables
 from shared.runtime import ServiceSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +30,10 @@ RELEASE = "dcostack"
 KUBE_VERSION = "1.30"
 CONTAINER_PORT = 8080
 UID = 10001
+KEYSTONE_URL = "https://keystone.example:5000/v3"
+# identity.keystoneUrl has no default (the chart refuses to render without it): every render here names one.
+IDENTITY: dict[str, Any] = {"identity": {"keystoneUrl": KEYSTONE_URL}}
+KEYSTONE_REQUIRED = "identity.keystoneUrl is required when identity.strategy is keystone"
 
 Manifest = dict[str, Any]
 
@@ -51,6 +55,27 @@ def settings_class(name: str) -> type[ServiceSettings]:
     return spec.settings_cls
 
 
+def uses_trusts(name: str) -> bool:
+    """The planner makes and deletes Keystone trusts; the cloud executors act through them."""
+    cls = settings_class(name)
+    return "trust_lifetime_hours" in cls.model_fields or issubclass(cls, CloudExecutorSettings)
+
+
+def needs_clouds_yaml(name: str) -> bool:
+    return "cloud" in settings_class(name).model_fields or uses_trusts(name)
+
+
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, nested mappings key by key (as Helm merges ``-f`` files)."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
 def load_values(name: str) -> dict[str, Any]:
     loaded = yaml.safe_load((CHART_DIR / name).read_text())
     assert isinstance(loaded, dict)
@@ -63,10 +88,12 @@ def chart() -> Iterator[Chart]:
         yield loaded
 
 
-def render(chart: Chart, values: dict[str, Any] | None = None) -> list[Manifest]:
-    """Render the chart as ``helm template`` would and parse every YAML document."""
+def render(chart: Chart, values: dict[str, Any] | None = None, *, identity: bool = True) -> list[Manifest]:
+    """Render the chart as ``helm template`` would (with ``IDENTITY`` under ``values`` unless told not to)
+    and parse every YAML document."""
+    values = merged(IDENTITY, values or {}) if identity else values or {}
     manifests: list[Manifest] = []
-    for source, text in sorted(chart.render(values or {}, name=RELEASE, namespace="dcostack").items()):
+    for source, text in sorted(chart.render(values, name=RELEASE, namespace="dcostack").items()):
         for doc in yaml.safe_load_all(text):
             if doc is None:
                 continue
@@ -111,13 +138,13 @@ def pod_specs(manifests: list[Manifest]) -> list[tuple[str, Manifest]]:
 
 class TestLint:
     def test_lint_strict_is_clean(self) -> None:
-        report = lint(CHART_DIR, strict=True, kube_version=f"v{KUBE_VERSION}.0")
+        report = lint(CHART_DIR, IDENTITY, strict=True, kube_version=f"v{KUBE_VERSION}.0")
         assert report["errors"] == []
         problems = [m for m in report["messages"] if m["severity"] >= 2]
         assert problems == []
 
     def test_lint_strict_with_prod_values_is_clean(self) -> None:
-        report = lint(CHART_DIR, load_values("values-prod.yaml"), strict=True)
+        report = lint(CHART_DIR, merged(IDENTITY, load_values("values-prod.yaml")), strict=True)
         assert report["errors"] == []
 
     def test_lint_reports_bad_values(self) -> None:
@@ -211,6 +238,11 @@ class TestContainers:
         assert env["SERVICE"] == name
         cls = settings_class(name)
         assert ("DCOSTACK_CLOUD" in env) == ("cloud" in cls.model_fields)
+        assert env["DCOSTACK_AUTH_STRATEGY"] == "keystone"
+        assert env["DCOSTACK_KEYSTONE_URL"] == KEYSTONE_URL
+        assert ("DCOSTACK_SERVICE_CLOUD" in env) == uses_trusts(name)
+        assert ("OS_CLIENT_CONFIG_FILE" in env) == needs_clouds_yaml(name)
+        assert ("DCOSTACK_TRUST_LIFETIME_HOURS" in env) == (name == "planner")
         for var in [v for v in os.environ if v.startswith(ENV_PREFIX)]:
             monkeypatch.delenv(var)
         for key, value in env.items():
@@ -219,13 +251,15 @@ class TestContainers:
         settings = load_settings(cls)
         assert settings.port == CONTAINER_PORT
         assert settings.http_host == "0.0.0.0"
+        assert settings.keystone_url == KEYSTONE_URL
+        assert settings.service_cloud == ("dcostack" if uses_trusts(name) else None)
 
     def test_clouds_yaml_mounted_read_only_where_needed(self, manifests: list[Manifest]) -> None:
         for deployment in of_kind(manifests, "Deployment"):
             pod = deployment["spec"]["template"]["spec"]
             (container,) = pod["containers"]
             mounts = [m for m in container["volumeMounts"] if m["mountPath"] == "/etc/openstack"]
-            if "cloud" in settings_class(component(deployment)).model_fields:
+            if needs_clouds_yaml(component(deployment)):
                 assert len(mounts) == 1
                 assert mounts[0]["readOnly"] is True
                 (volume,) = [v for v in pod["volumes"] if v["name"] == mounts[0]["name"]]
@@ -316,6 +350,53 @@ class TestServiceMonitor:
             assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
 
 
+def service_env(manifests: list[Manifest], name: str) -> dict[str, str]:
+    """The ConfigMap-provided environment of one service's container."""
+    configmaps = {c["metadata"]["name"]: c.get("data", {}) for c in of_kind(manifests, "ConfigMap")}
+    (deployment,) = [d for d in of_kind(manifests, "Deployment") if component(d) == name]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env: dict[str, str] = {}
+    for source in container["envFrom"]:
+        env.update(configmaps[source["configMapRef"]["name"]])
+    return env
+
+
+class TestIdentity:
+    def test_trust_users_are_the_planner_and_the_cloud_executors(self) -> None:
+        assert {n for n in SERVICE_NAMES if uses_trusts(n)} == {"planner", "compute", "network", "storage"}
+
+    def test_planner_mounts_clouds_yaml_without_a_cloud(self, manifests: list[Manifest]) -> None:
+        env = service_env(manifests, "planner")
+        assert env["DCOSTACK_SERVICE_CLOUD"] == "dcostack"
+        assert env["OS_CLIENT_CONFIG_FILE"] == "/etc/openstack/clouds.yaml"
+        assert env["DCOSTACK_TRUST_LIFETIME_HOURS"] == "24"
+        assert "DCOSTACK_CLOUD" not in env
+
+    def test_rendering_without_a_keystone_url_fails_with_the_fix(self, chart: Chart) -> None:
+        with pytest.raises(HelmError, match=KEYSTONE_REQUIRED):
+            chart.render(None, name=RELEASE)
+
+    def test_identity_values_reach_the_services(self, chart: Chart) -> None:
+        values = {"identity": {"keystoneUrl": "http://ks:5000", "serviceCloud": "trustee", "trustLifetimeHours": 6}}
+        manifests = render(chart, values)
+        for name in SERVICE_NAMES:
+            env = service_env(manifests, name)
+            assert env["DCOSTACK_KEYSTONE_URL"] == "http://ks:5000", name
+            assert env.get("DCOSTACK_SERVICE_CLOUD") == ("trustee" if uses_trusts(name) else None), name
+        assert service_env(manifests, "planner")["DCOSTACK_TRUST_LIFETIME_HOURS"] == "6"
+
+    def test_noauth_in_dev_needs_no_keystone(self, chart: Chart, monkeypatch: pytest.MonkeyPatch) -> None:
+        manifests = render(chart, {"environment": "dev", "identity": {"strategy": "noauth"}}, identity=False)
+        env = service_env(manifests, "planner")
+        assert env["DCOSTACK_AUTH_STRATEGY"] == "noauth"
+        assert "DCOSTACK_KEYSTONE_URL" not in env
+        for var in [v for v in os.environ if v.startswith(ENV_PREFIX)]:
+            monkeypatch.delenv(var)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        assert load_settings(settings_class("planner")).keystone_url is None
+
+
 class TestValuesSchema:
     @pytest.mark.parametrize(
         ("values", "complaint"),
@@ -326,6 +407,9 @@ class TestValuesSchema:
             ({"services": {"compute": {"enabled": "yes"}}}, "/services/compute/enabled"),
             ({"securityContext": {"readOnlyRootFilesystem": False}}, "/securityContext/readOnlyRootFilesystem"),
             ({"serviceMonitor": {"enabled": "true"}}, "/serviceMonitor/enabled"),
+            ({"identity": {"strategy": "none"}}, "/identity/strategy"),
+            ({"identity": {"keystoneUrl": "keystone:5000"}}, "/identity/keystoneUrl"),
+            ({"services": {"planner": {"trusts": "yes"}}}, "/services/planner/trusts"),
         ],
     )
     def test_helm_rejects_bad_values(self, chart: Chart, values: dict[str, Any], complaint: str) -> None:
