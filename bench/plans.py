@@ -2,9 +2,13 @@
 gateway, security group) applied by DCOSTACK until the run succeeds, next to the same N servers created
 directly with openstacksdk at the same concurrency, and the same resources as one Heat stack (Heat from
 PyPI, started beside devcloud with ``dcostack devcloud up --heat``), on the same devcloud in the same
-run; and the ratios.
+run; and the ratios. Then scale-out: the plan at FROM servers changed to TO and applied again (only the
+difference is created), next to TO - FROM servers created directly.
 
-    uv run python -m bench.plans [--counts 50,100]
+    uv run python -m bench.plans [--counts 50,100] [--scale 50,100]
+
+The services run with Keystone identity as in production: the benchmark logs in as devcloud's demo member
+and every run acts through a trust to devcloud's `dcostack` service user.
 
 Starts what it needs: devcloud (if not up), a Tansu broker, a database on the local PostgreSQL, and the
 planner, compute, network and storage services as processes (as `dcostack up` runs them).
@@ -136,8 +140,10 @@ def heat(cloud: str, count: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", default="50,100")
+    parser.add_argument("--scale", default="50,100", help="FROM,TO for the scale-out row; empty to skip")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",") if c]
+    scale = [int(c) for c in args.scale.split(",") if c]
     settings = DevcloudSettings(heat=True)
     Devcloud(settings).up()
     cloud = settings.cloud_name
@@ -149,9 +155,13 @@ def main() -> None:
         "DCOSTACK_DATABASE_URL": dsn,
         "DCOSTACK_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
         "DCOSTACK_CLOUD": cloud,
-        "DCOSTACK_CLOUD_CONCURRENCY": str(max(counts)),
+        "DCOSTACK_CLOUD_CONCURRENCY": str(max(counts + scale)),
         "DCOSTACK_LOG_LEVEL": "WARNING",
+        "DCOSTACK_AUTH_STRATEGY": "keystone",
+        "DCOSTACK_KEYSTONE_URL": settings.auth_url,
+        "DCOSTACK_SERVICE_CLOUD": f"{cloud}-dcostack",
     }
+    token = str(openstack.connect(cloud=cloud).auth_token)
     procs = {n: ServiceProcess(n, free_port(), env, logs / f"{n}.log") for n in SERVICES}
     rows: list[tuple[str, str]] = []
 
@@ -164,7 +174,8 @@ def main() -> None:
             p.start()
         for p in procs.values():
             p.wait_ready(120)
-        with httpx.Client(base_url=procs["planner"].base_url, timeout=60) as api:
+        headers = {"X-Auth-Token": token}
+        with httpx.Client(base_url=procs["planner"].base_url, timeout=60, headers=headers) as api:
             # Warm-up, not measured: freshly started services join their consumer groups and log in to
             # Keystone on the first commands (about 5 s), as the direct and Heat columns' clients did before.
             warm = api.post("/v1/plans", json=plan_document(f"bench-warm-{uuid.uuid4().hex[:6]}", 1)).json()["id"]
@@ -187,6 +198,20 @@ def main() -> None:
                 row(f"same resources as one Heat stack (N={count}), CREATE_COMPLETE", f"{heat_took:.1f} s")
                 row(f"delete of the Heat stack (N={count})", f"{heat_destroy:.1f} s")
                 row(f"Heat / plan (N={count}; target >= 3)", f"{heat_took / took:.2f}x")
+            if len(scale) == 2:
+                low, high = scale
+                name = f"bench-scale-{uuid.uuid4().hex[:6]}"
+                plan_id = api.post("/v1/plans", json=plan_document(name, low)).json()["id"]
+                _, run = run_plan(api, plan_id, "apply")
+                assert run["state"] == "succeeded", run["message"]
+                api.put(f"/v1/plans/{plan_id}", json=plan_document(name, high)).raise_for_status()
+                took, run = run_plan(api, plan_id, "apply")
+                assert run["state"] == "succeeded", run["message"]
+                run_plan(api, plan_id, "destroy")
+                row(f"scale-out {low} -> {high} servers (apply of the changed plan)", f"{took:.1f} s")
+                limit = direct(cloud, high - low)
+                row(f"{high - low} servers directly via openstacksdk, {high - low} threads", f"{limit:.1f} s")
+                row(f"ratio scale-out / direct ({high - low} servers)", f"{took / limit:.2f}x")
     finally:
         for p in procs.values():
             p.stop()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openstack
 
 from devcloud.cloud import Devcloud
 from devcloud.settings import DevcloudSettings
@@ -89,7 +90,12 @@ def main() -> None:
         "DCOSTACK_DATABASE_URL": dsn,
         "DCOSTACK_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
         "DCOSTACK_LOG_LEVEL": "WARNING",
+        # Keystone identity as in production: the reads act with the caller's token, runs through a trust
+        "DCOSTACK_AUTH_STRATEGY": "keystone",
+        "DCOSTACK_KEYSTONE_URL": settings.auth_url,
+        "DCOSTACK_SERVICE_CLOUD": f"{settings.cloud_name}-dcostack",
     }
+    token = str(openstack.connect(cloud=settings.cloud_name).auth_token)
     ports = {n: free_port() for n in ("planner", *DOMAIN)}
     urls = {f"DCOSTACK_{n.upper()}_URL": f"http://127.0.0.1:{ports[n]}" for n in DOMAIN}
     cloud_env = {**env, "DCOSTACK_CLOUD": cloud, "DCOSTACK_CLOUD_CONCURRENCY": "100"}
@@ -103,7 +109,7 @@ def main() -> None:
             p.start()
         for p in procs:
             p.wait_ready(120)
-        with httpx.Client(base_url=procs[0].base_url, timeout=120) as api:
+        with httpx.Client(base_url=procs[0].base_url, timeout=120, headers={"X-Auth-Token": token}) as api:
             name = f"bench-preview-{uuid.uuid4().hex[:6]}"
             r = api.post("/v1/plans", json=plan_document(name, args.servers))
             r.raise_for_status()
