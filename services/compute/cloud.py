@@ -308,7 +308,7 @@ class ComputeCloud:
     def _find_servers(self, plan_id: str, step_key: str) -> list[Any]:
         return list(self.conn.compute.servers(tags=",".join([plan_tag(plan_id), step_tag(step_key)])))
 
-    def _apply_server(self, work: StepWork, progress: Progress) -> dict[str, Any]:
+    def _apply_server(self, work: StepWork, progress: Progress, fresh: bool = False) -> dict[str, Any]:
         owner, p = work.owner, work.params
         flavor = self._flavor(p["flavor"], work)
         for server in self._find_servers(owner.plan_id, owner.step_key):
@@ -321,7 +321,7 @@ class ComputeCloud:
                 server = self._wait_server(server, flavor, progress)
             return self._server_outputs(server)
         image = self._image(p["image"], work)
-        networks = [{"uuid": self._network(owner.plan_id, n).id} for n in p.get("networks") or []]
+        networks = [{"uuid": self._network(owner, n).id} for n in p.get("networks") or []]
         attrs: dict[str, Any] = {
             "name": owner.name(p["name"]),
             "flavor_id": flavor.id,
@@ -330,7 +330,7 @@ class ComputeCloud:
             "tags": owner.tags,
             "metadata": {**(p.get("metadata") or {}), **owner.metadata},
         }
-        groups = [self._security_group(owner.plan_id, g).id for g in p.get("security_groups") or []]
+        groups = [self._security_group(owner, g).id for g in p.get("security_groups") or []]
         if groups:
             attrs["security_groups"] = [{"name": g} for g in groups]
         if p.get("server_group"):
@@ -339,7 +339,14 @@ class ComputeCloud:
             attrs["key_name"] = p["key_pair"]
         if p.get("user_data"):
             attrs["user_data"] = base64.b64encode(p["user_data"].encode()).decode()
-        server = self.conn.compute.create_server(**attrs)
+        try:
+            server = self.conn.compute.create_server(**attrs)
+        except (os_exc.BadRequestException, os_exc.NotFoundException):
+            # A network or security group remembered for this run may be gone (a resumed run that rolled
+            # back recreates them under the same run id): look them up again, once.
+            if fresh or not self._forget(f"{owner.run_id}/"):
+                raise
+            return self._apply_server(work, progress, fresh=True)
         progress(f"server {attrs['name']} requested ({flavor.name}, {image.name})")
         return self._server_outputs(self._wait_server(server, flavor, progress))
 
@@ -377,7 +384,6 @@ class ComputeCloud:
             "name": server.name,
             "status": server.status,
             "addresses": _addresses(server),
-            "port_ids": sorted(p.id for p in self.conn.network.ports(device_id=server.id)),
         }
         if server.compute_host:
             out["host"] = server.compute_host
@@ -396,10 +402,12 @@ class ComputeCloud:
         self.conn.compute.wait_for_delete(server, interval=self.interval, wait=self.timeout)
 
     def _cached(self, kind: str, name_or_id: str, find: Callable[[], Any]) -> Any:
-        """A flavor or image found by name, remembered for ``CATALOG_CACHE_SECONDS`` per credential (one
-        keystoneauth session: a project or a run's trust), so a 100-server step batch looks each up once
-        instead of twice per server (openstacksdk's find tries the id, then lists by name). Misses are not
-        remembered: a flavor created a moment later is found on the next try."""
+        """A flavor or image found by name, or a network or security group of the same run found by its
+        marks, remembered for ``CATALOG_CACHE_SECONDS`` per credential (one keystoneauth session: a project
+        or a run's trust), so a 100-server step batch looks each up once instead of once or twice per
+        server (openstacksdk's find tries the id, then lists by name). A run's networks are keyed by the run:
+        an apply never deletes them, and a later run (which may have recreated them) looks them up again.
+        Misses are not remembered: what is created a moment later is found on the next try."""
         key = (kind, name_or_id)
         with _CATALOG_LOCK:
             cache = _CATALOG.get(self.conn.session)
@@ -412,6 +420,17 @@ class ComputeCloud:
                 with _CATALOG_LOCK:
                     cache[key] = found
         return found
+
+    def _forget(self, prefix: str) -> bool:
+        """Drop what ``_cached`` remembers under kinds starting with ``prefix``; True if there was any."""
+        with _CATALOG_LOCK:
+            cache = _CATALOG.get(self.conn.session)
+            if cache is None:
+                return False
+            keys = [k for k in cache if k[0].startswith(prefix)]
+            for key in keys:
+                del cache[key]
+        return bool(keys)
 
     def _flavor(self, name_or_id: str, work: StepWork) -> Any:
         flavor = self._cached(
@@ -437,19 +456,25 @@ class ComputeCloud:
             )
         return image
 
-    def _network(self, plan_id: str, name: str) -> Any:
+    def _network(self, owner: Owner, name: str) -> Any:
         key = f"network/{name}"
-        found = list(self.conn.network.networks(tags=",".join([plan_tag(plan_id), step_tag(key)])))
-        if not found:
+        tags = ",".join([plan_tag(owner.plan_id), step_tag(key)])
+        found = self._cached(
+            f"{owner.run_id}/{key}", "", lambda: next(iter(self.conn.network.networks(tags=tags)), None)
+        )
+        if found is None:
             raise _missing(key, f"network {name}")
-        return found[0]
+        return found
 
-    def _security_group(self, plan_id: str, name: str) -> Any:
+    def _security_group(self, owner: Owner, name: str) -> Any:
         key = f"security-group/{name}"
-        found = list(self.conn.network.security_groups(tags=",".join([plan_tag(plan_id), step_tag(key)])))
-        if not found:
+        tags = ",".join([plan_tag(owner.plan_id), step_tag(key)])
+        found = self._cached(
+            f"{owner.run_id}/{key}", "", lambda: next(iter(self.conn.network.security_groups(tags=tags)), None)
+        )
+        if found is None:
             raise _missing(key, f"security group {name}")
-        return found[0]
+        return found
 
     def _server_group_id(self, owner: Owner, group: str) -> str:
         found = self._find_server_groups(owner.name(f"group-{group}"))

@@ -29,12 +29,35 @@ from services.planner.schemas import (
 from services.planner.settings import PlannerSettings
 from services.planner.spec import plan_json_schema
 from services.planner.trusts import Delegation
-from shared.auth import Reader, Writer
-from shared.errors import Conflict, InvalidInput
+from shared.auth import Caller, Reader, Writer
+from shared.errors import Conflict, DependencyUnavailable, InvalidInput
+from shared.logging import get_logger
 
 router = APIRouter()
+log = get_logger(__name__)
 
 RUNS_ISSUE = "issue #5 (plan lifecycle: preview, scale, cancel, resume)"
+
+
+async def _live_unchanged(
+    request: Request, who: Caller, plan_id: UUID, version: int | None, previewed: dict[str, Any] | None
+) -> set[str] | None:
+    """Keys of a re-apply's steps that are live and as the plan wants them: the preview the run starts from,
+    or one computed now when the plan has built something before. Without an answer from the domain
+    services, None: every step is dispatched (and finds what exists by its marks)."""
+    runtime = request.app.state.runtime
+    if previewed is None:
+        if not await runs.applied_steps(runtime.pool, plan_id):
+            return None  # nothing built yet: nothing to keep
+        try:
+            found = await preview.compute_preview(
+                runtime.pool, preview.DomainServices.of(runtime.settings, who), who.project_id, plan_id, version
+            )
+        except DependencyUnavailable as exc:
+            log.info("run.live_state_unknown", plan_id=str(plan_id), reason=exc.detail)
+            return None
+        previewed = found.result()
+    return {e["key"] for e in previewed["diff"] if e["action"] == "unchanged"}
 
 
 def _delegation(request: Request) -> Delegation:
@@ -238,9 +261,12 @@ async def start_run(
     of the plan is in progress. Follow it at ``GET /v1/runs/{run_id}`` or with ``dcostack run watch``.
 
     An apply also removes what the plan built earlier and the version no longer has (a smaller count
-    scales in, newest instances first); a destroy removes everything the plan built."""
+    scales in, newest instances first); a destroy removes everything the plan built. Steps an earlier run
+    applied that are live and unchanged (per the preview the run starts from, or one computed at start) are
+    kept without being redone, so a scale-out dispatches only the new instances."""
     runtime = request.app.state.runtime
     version = body.version
+    fresh: dict[str, Any] | None = None
     if body.preview_id is not None:
         if body.action != "apply":
             raise InvalidInput("preview_id applies to an apply; leave it out for a destroy", field="preview_id")
@@ -263,6 +289,9 @@ async def start_run(
                 "and preview again, or start with force=true to run it anyway",
                 field="preview_id",
             )
+    live_unchanged: set[str] | None = None
+    if body.action == "apply":
+        live_unchanged = await _live_unchanged(request, who, plan_id, version, fresh)
     delegation = _delegation(request)
     await service.get_plan(runtime.pool, who.project_id, plan_id)  # 404 before anything is delegated
     trust_id = await delegation.delegate(who, f"a {body.action} of plan {plan_id}")
@@ -276,6 +305,7 @@ async def start_run(
             runtime.settings.step_timeout_seconds,
             preview_id=body.preview_id,
             trust_id=trust_id,
+            live_unchanged=live_unchanged,
         )
     except BaseException:
         if trust_id is not None:  # no run holds it: delete it now rather than let it wait for its expiry

@@ -359,10 +359,38 @@ async def _insert_steps(conn: asyncpg.Connection, run_id: UUID, planned: list[tu
     )
 
 
-def _describe(planned: list[PlannedStep]) -> str:
+async def _keep_unchanged(
+    conn: asyncpg.Connection, run_id: UUID, plan_id: UUID, planned: list[PlannedStep], live: set[str]
+) -> int:
+    """Mark as succeeded, without dispatching them, the apply steps that are live and unchanged in the
+    cloud and that the ledger says were applied with exactly these parameters (a scale-out from 50 to 100
+    then dispatches 50 servers, not 100); returns how many."""
+    if not live:
+        return 0
+    ledger = {a.key: a for a in await applied_steps(conn, plan_id)}
+    keep = [
+        p.key
+        for p in planned
+        if p.action == "apply" and p.key in live and p.key in ledger and ledger[p.key].params == p.params
+    ]
+    if keep:
+        await conn.execute(
+            """UPDATE run_steps SET state = 'succeeded', started_at = now(), finished_at = now(), updated_at = now(),
+                      message = 'unchanged: live in the cloud as the plan wants it (checked at start); not redone'
+               WHERE run_id = $1 AND key = ANY($2::text[])""",
+            run_id,
+            keep,
+        )
+    return len(keep)
+
+
+def _describe(planned: list[PlannedStep], kept: int = 0) -> str:
     removals = sum(1 for p in planned if p.action == "destroy")
+    unchanged = f", {kept} unchanged" if kept else ""
     if removals and removals < len(planned):
-        return f"{len(planned)} steps ({len(planned) - removals} to apply, {removals} to remove)"
+        return f"{len(planned)} steps ({len(planned) - removals - kept} to apply{unchanged}, {removals} to remove)"
+    if kept:
+        return f"{len(planned)} steps ({len(planned) - kept} to apply{unchanged})"
     return f"{len(planned)} steps"
 
 
@@ -375,11 +403,14 @@ async def start_run(
     step_timeout: float,
     preview_id: UUID | None = None,
     trust_id: str | None = None,
+    live_unchanged: set[str] | None = None,
 ) -> UUID:
     """Create a run of the plan's version (the latest by default) and dispatch its first steps.
 
     ``preview_id`` records the preview the run was started from (the caller checked it is current);
-    ``trust_id`` is the Keystone trust its steps act through (services/planner/trusts.py)."""
+    ``trust_id`` is the Keystone trust its steps act through (services/planner/trusts.py).
+    ``live_unchanged``: step keys the caller saw in the cloud, as the plan wants them (a preview's
+    ``unchanged``); those an earlier run applied with the same parameters are kept, not dispatched again."""
     async with pool.acquire() as conn, conn.transaction():
         plan = await _locked_plan(conn, project_id, plan_id)
         await _refuse_if_busy(conn, plan_id)
@@ -402,7 +433,8 @@ async def start_run(
             trust_id,
         )
         await _insert_steps(conn, run_id, list(enumerate(planned)))
-        rows = [_run_event(run_id, plan_id, number, action, "running", _describe(planned))]
+        kept = await _keep_unchanged(conn, run_id, plan_id, planned, live_unchanged or set())
+        rows = [_run_event(run_id, plan_id, number, action, "running", _describe(planned, kept))]
         rows += await advance(conn, run_id, step_timeout)
         await write_outbox(conn, rows)
     log.info("run.started", run_id=str(run_id), plan_id=str(plan_id), action=action, steps=len(planned))

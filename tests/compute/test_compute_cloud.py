@@ -126,7 +126,6 @@ class TestApplyServer:
         assert base64.b64decode(server.user_data) == b"#cloud-config\n"
         assert "host" not in out  # a project member does not see compute hosts
         (port,) = conn.network.ports(device_id=server.id)
-        assert out["port_ids"] == [port.id]
         assert set(port.security_group_ids) == {net.sg.id}
         assert out["addresses"] == {net.network.name: [port.fixed_ips[0]["ip_address"]]}
         assert progress.messages[-1] == "server ACTIVE"
@@ -141,6 +140,30 @@ class TestApplyServer:
         assert list(conn.compute.servers(tags=_tagged(plan_id, "server/web-0"))) == []
         assert conn.compute.find_server(out["id"], ignore_missing=True) is None
         assert cloud.destroy(work, Progress()) is False
+
+    def test_a_network_recreated_within_the_same_run_is_found_again(
+        self, conn: Any, plan_id: str, net: PlanNetwork, cleanup: Cleanup
+    ) -> None:
+        """A run's networks are remembered; a resumed run that rolled back recreates them (new ids, same
+        run): the server step still lands on the live network, not on the remembered one."""
+        cloud = ComputeCloud(conn)
+        first = _server_work(plan_id, "web-0")
+        out = cloud.apply(first, Progress())
+        cleanup.add("server", lambda: _delete_server(conn, out["id"]))
+        _delete_server(conn, out["id"])
+        old = net.network.id
+        conn.network.delete_network(old)  # its subnet and port went with the server
+        replacement = PlanNetwork(conn, plan_id, cleanup)
+        second = StepWork(
+            owner=Owner(plan_id, first.owner.run_id, "server/web-1"),
+            kind="server",
+            path=first.path,
+            params={**first.params, "name": "web-1"},
+        )
+        again = cloud.apply(second, Progress())
+        cleanup.add("server", lambda: _delete_server(conn, again["id"]))
+        (port,) = conn.network.ports(device_id=again["id"])
+        assert port.network_id == replacement.network.id != old
 
     def test_read_helpers_list_plain_dicts(self, conn: Any) -> None:
         cloud = ComputeCloud(conn)

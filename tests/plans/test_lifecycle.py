@@ -17,7 +17,7 @@ from services.cli.infra import drop_database, ensure_database, free_port
 from services.cli.processes import ServiceProcess
 from shared.cloud import plan_tag
 from tests.fixtures.openstack import Cleanup, CloudUnderTest
-from tests.fixtures.platform import service_env, wait_for
+from tests.fixtures.platform import planner_env, service_env, wait_for
 from tests.plans.test_apply import tagged
 
 pytestmark = pytest.mark.devcloud
@@ -39,7 +39,12 @@ def planner_url(
         "DCOSTACK_STEP_TIMEOUT_SECONDS": "300",
     }
     logs = tmp_path_factory.mktemp("lifecycle")
-    services = [ServiceProcess(name, free_port(), env, logs / f"{name}.log") for name in EXECUTORS]
+    ports = {name: free_port() for name in EXECUTORS}
+    services = [
+        ServiceProcess(name, ports[name], {**planner_env(ports), **env} if name == "planner" else env,
+                       logs / f"{name}.log")
+        for name in EXECUTORS
+    ]  # fmt: skip
     try:
         for svc in services:
             svc.start()
@@ -179,6 +184,10 @@ class TestScale:
         assert run["state"] == "succeeded", failures(run)
         assert not [s for s in run["steps"] if s["action"] == "destroy"]
         check_web(conn, plan_id, 5)
+        # Only the difference was dispatched: what the first run built is live and unchanged, so kept.
+        unchanged = {s["key"] for s in run["steps"] if s["message"].startswith("unchanged")}
+        assert {"server/web-0", "server/web-1", "network/net"} <= unchanged
+        assert not unchanged & {f"server/web-{i}" for i in (2, 3, 4)}
 
         update_plan(api, plan_id, web(1, name))
         run = wait_end(api, start_run(api, plan_id))
