@@ -251,7 +251,7 @@ def list_command(
     if output is Output.json:
         _print_json(body)
         return
-    table = Table(title=f"plans in project {project!r}")
+    table = Table(title=f"plans in project {api.project!r}")
     for column in ("name", "id", "version", "created", "updated"):
         table.add_column(column, justify="right" if column == "version" else "left")
     for p in body["plans"]:

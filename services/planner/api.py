@@ -36,8 +36,6 @@ from shared.logging import get_logger
 router = APIRouter()
 log = get_logger(__name__)
 
-RUNS_ISSUE = "issue #5 (plan lifecycle: preview, scale, cancel, resume)"
-
 
 async def _live_unchanged(
     request: Request, who: Caller, plan_id: UUID, version: int | None, previewed: dict[str, Any] | None
@@ -167,14 +165,16 @@ async def validate_plan(request: Request, who: Reader) -> PlanCheckView:
 async def create_plan(request: Request, response: Response, who: Writer) -> PlanView:
     """Store a valid plan document as version 1 of a new plan, named by the document's ``name``.
 
-    Names are unique among the project's plans that are not deleted. The project is the ``X-Project-Id``
-    header, ``default`` when absent: until identity (Keystone tokens) arrives, the caller names it.
+    Names are unique among the project's plans that are not deleted. The project is the token's (under
+    noauth, the ``X-Project-Id`` header's, ``default`` when absent); the version records the Keystone user.
     A flavor or image the cloud lacks is refused (422); without an answer from the compute service the
     plan is stored and ``warnings`` says the check was not run.
     """
     document = await _document(request)
     _, warnings = await preview.check_live(request.app.state.runtime.settings, document, who)
-    plan, version = await service.create_plan(request.app.state.runtime.pool, who.project_id, document)
+    plan, version = await service.create_plan(
+        request.app.state.runtime.pool, who.project_id, document, created_by=who.user_id
+    )
     response.headers["Location"] = f"/v1/plans/{plan.id}"
     return PlanView.of_version(plan, version, warnings)
 
@@ -212,7 +212,9 @@ async def update_plan(plan_id: UUID, request: Request, who: Writer) -> PlanView:
     """
     document = await _document(request)
     _, warnings = await preview.check_live(request.app.state.runtime.settings, document, who)
-    plan, version = await service.update_plan(request.app.state.runtime.pool, who.project_id, plan_id, document)
+    plan, version = await service.update_plan(
+        request.app.state.runtime.pool, who.project_id, plan_id, document, created_by=who.user_id
+    )
     return PlanView.of_version(plan, version, warnings)
 
 
@@ -246,7 +248,7 @@ async def get_plan_version(
     )
 
 
-# --- plan runs: not built yet -----------------------------------------------------------------------
+# --- plan runs -----------------------------------------------------------------------------------------
 
 
 @router.post("/v1/plans/{plan_id}/runs", status_code=202, response_model=RunView, tags=["runs"])

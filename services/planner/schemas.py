@@ -30,7 +30,7 @@ class PlanVersionView(BaseModel):
     plan_id: UUID
     version: int
     created_at: datetime
-    created_by: str | None = Field(description="Who stored it; empty until identity arrives")
+    created_by: str | None = Field(description="Keystone user id of who stored it; empty under noauth")
     document: dict[str, Any] | None = Field(
         default=None, description="The document as submitted (templates not substituted); left out of listings"
     )

@@ -4,10 +4,12 @@ service user, which has no role in that project. Every check of the cloud reads 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -153,6 +155,7 @@ def test_project_b_cannot_reach_project_a_and_a_reader_cannot_change_anything(
         plan = r.json()
         plan_id = plan["id"]
         assert plan["project_id"] == a.id  # the token's project, not one the caller names
+        assert plan["version"]["created_by"] == a.member_id
         preview = api.post(f"/v1/plans/{plan_id}/preview", json={})
         assert preview.status_code == 200, preview.text
         preview_id = preview.json()["preview_id"]
@@ -280,3 +283,33 @@ def asyncio_fetch(platform: Platform, query: str, *args: Any) -> Any:
             await conn.close()
 
     return asyncio.run(fetch())
+
+
+def test_the_cli_logs_in_from_clouds_yaml(
+    keystone_platform: Platform, test_cloud: CloudUnderTest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    monkeypatch.delenv("OS_CLOUD", raising=False)
+    runner = CliRunner()
+    url = keystone_platform["planner"].base_url
+    document = f"{{'name': 'cli-{uuid.uuid4().hex[:6]}', 'networks': [{{'name': 'n', 'cidr': '10.78.0.0/24'}}]}}"
+    without = runner.invoke(app, ["plan", "list", "--planner-url", url])
+    assert without.exit_code == 1
+    assert "needs a Keystone token: pass --os-cloud NAME or set OS_CLOUD" in without.output
+    wrong = runner.invoke(app, ["--os-cloud", "no-such-cloud", "plan", "list", "--planner-url", url])
+    assert wrong.exit_code == 1
+    assert "no cloud named 'no-such-cloud' in clouds.yaml" in wrong.output
+    (tmp_path / "plan.yaml").write_text(document)
+    args = ["plan", "create", str(tmp_path / "plan.yaml"), "--planner-url", url, "-o", "json"]
+    created = runner.invoke(app, ["--os-cloud", test_cloud.member, *args])
+    assert created.exit_code == 0, created.output
+    body = json.loads(created.output)
+    demo = test_cloud.connect()
+    assert body["project_id"] == demo.current_project_id  # the clouds.yaml entry's project
+    monkeypatch.setenv("OS_CLOUD", test_cloud.member)
+    listed = runner.invoke(app, ["plan", "list", "--planner-url", url, "-o", "json"])
+    assert listed.exit_code == 0, listed.output
+    assert body["id"] in listed.output

@@ -26,6 +26,7 @@ from services.cli.processes import ServiceProcess
 from services.planner.preview import ensure_preview_current
 from services.planner.settings import PlannerSettings
 from shared.cloud import plan_tag
+from shared.config import AuthStrategy
 from shared.errors import Conflict
 from tests.fixtures.openstack import CloudUnderTest
 from tests.fixtures.platform import planner_env, service_env
@@ -208,7 +209,10 @@ class TestFeasibility:
 
         # The stored preview stays current while nothing changes, and is refused once the quota moves.
         settings = PlannerSettings(
-            compute_url=setup.urls["compute"], network_url=setup.urls["network"], storage_url=setup.urls["storage"]
+            compute_url=setup.urls["compute"],
+            network_url=setup.urls["network"],
+            storage_url=setup.urls["storage"],
+            auth_strategy=AuthStrategy.NOAUTH,
         )
 
         async def ensure() -> dict[str, Any]:

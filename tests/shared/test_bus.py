@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from shared.bus import EventConsumer, HandlerContext, HandlerRegistry, KafkaBus, OutboxRelay
-from shared.config import ServiceSettings
+from shared.config import AuthStrategy, ServiceSettings
 from shared.db import SHARED_MIGRATIONS, connect_pool, discover
 from shared.errors import DcostackError, DependencyUnavailable
 from shared.events.envelope import encode_headers, encode_value, kafka_headers
@@ -31,7 +31,10 @@ class CloudSaysNo(DcostackError):
 async def harness(pg_dsn: str, kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[Harness]:
     schema = "t_" + uuid.uuid4().hex[:8]
     settings = ServiceSettings(
-        database_url=pg_dsn, kafka_bootstrap_servers=kafka_bootstrap, kafka_topic_prefix=topic_prefix
+        database_url=pg_dsn,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        kafka_topic_prefix=topic_prefix,
+        auth_strategy=AuthStrategy.NOAUTH,
     )
     pool = await connect_pool(
         pg_dsn, schema, size=4, wait_seconds=5, migrations=discover(SHARED_MIGRATIONS, Path("/nonexistent"))
