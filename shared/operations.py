@@ -36,6 +36,7 @@ from shared.config import AuthStrategy, CloudExecutorSettings
 from shared.events.steps import ApplyStepV1, DestroyStepV1, StepProgressedV1
 from shared.logging import get_logger
 from shared.topics import events_topic
+from shared.trusts import trust_auth, user_auth
 
 if TYPE_CHECKING:
     from shared.runtime import Runtime
@@ -401,27 +402,13 @@ class StepCredentials:
             self._trusts.pop(trust_id, None)
 
     def _trust_region(self, trust_id: str) -> Any:
-        from keystoneauth1.identity.generic import Password
         from openstack.config.cloud_region import CloudRegion
 
         base = self._service_region()
         auth = dict(base.config.get("auth") or {})
-        # Trust-scoped: the trust names the project; a project or domain scope must not come with it.
-        plugin = Password(
-            auth_url=auth["auth_url"],
-            username=auth.get("username"),
-            user_id=auth.get("user_id"),
-            password=auth["password"],
-            user_domain_id=auth.get("user_domain_id"),
-            user_domain_name=auth.get("user_domain_name"),
-            trust_id=trust_id,
-        )
         config = {**base.config, "auth_type": "password"}
-        config["auth"] = {
-            k: v
-            for k, v in auth.items()
-            if k in ("auth_url", "username", "user_id", "user_domain_id", "user_domain_name")
-        } | {"trust_id": trust_id}
+        config["auth"] = {k: v for k, v in user_auth(auth).items() if k != "password"} | {"trust_id": trust_id}
+        plugin = trust_auth(auth, trust_id)
         return CloudRegion(
             name=base.name,
             region_name=base.region_name,

@@ -267,12 +267,12 @@ async def start_run(
     applied that are live and unchanged (per the preview the run starts from, or one computed at start) are
     kept without being redone, so a scale-out dispatches only the new instances."""
     runtime = request.app.state.runtime
-    version = body.version
+    if body.preview_id is not None and body.action != "apply":
+        raise InvalidInput("preview_id applies to an apply; leave it out for a destroy", field="preview_id")
+    # 404 for another project's plan (or a missing version) before anything is read or delegated
+    version = (await service.get_plan(runtime.pool, who.project_id, plan_id, body.version))[1].version
     fresh: dict[str, Any] | None = None
     if body.preview_id is not None:
-        if body.action != "apply":
-            raise InvalidInput("preview_id applies to an apply; leave it out for a destroy", field="preview_id")
-        version = (await service.get_plan(runtime.pool, who.project_id, plan_id, body.version))[1].version
         fresh = await preview.ensure_preview_current(
             runtime.pool,
             body.preview_id,
@@ -295,7 +295,6 @@ async def start_run(
     if body.action == "apply":
         live_unchanged = await _live_unchanged(request, who, plan_id, version, fresh)
     delegation = _delegation(request)
-    await service.get_plan(runtime.pool, who.project_id, plan_id)  # 404 before anything is delegated
     trust_id = await delegation.delegate(who, f"a {body.action} of plan {plan_id}")
     try:
         run_id = await runs.start_run(

@@ -26,37 +26,17 @@ import structlog
 from shared.auth import KEYSTONE_TIMEOUT_SECONDS, TOKEN_HEADER, Caller, Forbidden, v3_url
 from shared.config import AuthStrategy, ServiceSettings
 from shared.errors import DependencyUnavailable
+from shared.trusts import trust_auth
 
 log = structlog.get_logger(__name__)
 
 SERVICE_CLOUD = "DCOSTACK_SERVICE_CLOUD"
 
 
-def _service_auth(cloud: str, trust_id: str | None = None) -> Any:
-    """A keystoneauth password plugin for the service user of clouds.yaml entry ``cloud``: scoped to the
-    trust when ``trust_id`` is given (and then to no project: Keystone refuses both)."""
+def _service_entry(cloud: str) -> Any:
     import openstack.config
-    from keystoneauth1.identity import v3
 
-    auth = dict(openstack.config.OpenStackConfig().get_one(cloud=cloud).config["auth"])
-    args = {
-        "auth_url": auth["auth_url"],
-        "username": auth.get("username"),
-        "user_id": auth.get("user_id"),
-        "password": auth.get("password"),
-        "user_domain_name": auth.get("user_domain_name"),
-        "user_domain_id": auth.get("user_domain_id"),
-    }
-    if trust_id:
-        args["trust_id"] = trust_id
-    else:
-        args.update(
-            project_name=auth.get("project_name"),
-            project_id=auth.get("project_id"),
-            project_domain_name=auth.get("project_domain_name"),
-            project_domain_id=auth.get("project_domain_id"),
-        )
-    return v3.Password(**{k: v for k, v in args.items() if v is not None})
+    return openstack.config.OpenStackConfig().get_one(cloud=cloud)
 
 
 class Delegation:
@@ -76,8 +56,6 @@ class Delegation:
         """The service user's id (it logs in once to learn it)."""
         with self._lock:
             if self._trustee is None:
-                from keystoneauth1 import session
-
                 cloud = self.settings.service_cloud
                 if not cloud:
                     raise DependencyUnavailable(
@@ -85,7 +63,7 @@ class Delegation:
                         "(its clouds.yaml entry) is not set; set it (devcloud writes `devcloud-dcostack`)"
                     )
                 try:
-                    self._trustee = session.Session(auth=_service_auth(cloud)).get_user_id()
+                    self._trustee = _service_entry(cloud).get_session().get_user_id()
                 except Exception as exc:
                     raise DependencyUnavailable(
                         f"DCOSTACK's service user ({SERVICE_CLOUD}={cloud}) cannot log in to Keystone: {exc}"
@@ -144,7 +122,8 @@ class Delegation:
 
         assert self.settings.service_cloud
         assert self.settings.keystone_url
-        sess = session.Session(auth=_service_auth(self.settings.service_cloud, trust_id))
+        auth = _service_entry(self.settings.service_cloud).config["auth"]
+        sess = session.Session(auth=trust_auth(auth, trust_id))
         try:
             sess.delete(v3_url(self.settings.keystone_url) + f"/OS-TRUST/trusts/{trust_id}", raise_exc=True)
         except (exceptions.Unauthorized, exceptions.NotFound):
