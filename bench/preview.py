@@ -14,23 +14,14 @@ services as processes (as `dcostack up` runs them).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
-import openstack
 
-from devcloud.cloud import Devcloud
-from devcloud.settings import DevcloudSettings
-from services.cli.infra import LOCAL_PG, TansuBroker, drop_database, ensure_database, free_port
-from services.cli.processes import ServiceProcess
-
-DOMAIN = ("compute", "network", "storage")
+from bench.platform import bench_platform
 
 
 def plan_document(name: str, servers: int) -> dict[str, Any]:
@@ -79,37 +70,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--apply", action="store_true", help="apply the plan first (and destroy it at the end)")
     args = parser.parse_args()
-    settings = DevcloudSettings()
-    Devcloud(settings).up()
-    cloud = settings.cloud_name
-    logs = Path(tempfile.mkdtemp(prefix="dcostack-bench-preview-"))
-    broker = TansuBroker(port=free_port(), log_path=logs / "kafka.log").start()
-    database = f"bench_{uuid.uuid4().hex[:8]}"
-    dsn = asyncio.run(ensure_database(LOCAL_PG, database))
-    env = {
-        "DCOSTACK_DATABASE_URL": dsn,
-        "DCOSTACK_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
-        "DCOSTACK_LOG_LEVEL": "WARNING",
-        # Keystone identity as in production: the reads act with the caller's token, runs through a trust
-        "DCOSTACK_AUTH_STRATEGY": "keystone",
-        "DCOSTACK_KEYSTONE_URL": settings.auth_url,
-        "DCOSTACK_SERVICE_CLOUD": f"{settings.cloud_name}-dcostack",
-    }
-    token = str(openstack.connect(cloud=settings.cloud_name).auth_token)
-    ports = {n: free_port() for n in ("planner", *DOMAIN)}
-    urls = {f"DCOSTACK_{n.upper()}_URL": f"http://127.0.0.1:{ports[n]}" for n in DOMAIN}
-    cloud_env = {**env, "DCOSTACK_CLOUD": cloud, "DCOSTACK_CLOUD_CONCURRENCY": "100"}
-    procs = [ServiceProcess("planner", ports["planner"], {**env, **urls}, logs / "planner.log")]
-    for n in DOMAIN:
-        extra = {"DCOSTACK_CAPACITY_CLOUD": f"{cloud}-admin"} if n == "compute" else {}
-        procs.append(ServiceProcess(n, ports[n], {**cloud_env, **extra}, logs / f"{n}.log"))
     applied = None
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.wait_ready(120)
-        with httpx.Client(base_url=procs[0].base_url, timeout=120, headers={"X-Auth-Token": token}) as api:
+    with bench_platform(concurrency=100, timeout=120) as api:
+        try:
             name = f"bench-preview-{uuid.uuid4().hex[:6]}"
             r = api.post("/v1/plans", json=plan_document(name, args.servers))
             r.raise_for_status()
@@ -145,11 +108,9 @@ def main() -> None:
                 run = run_plan(api, applied, "destroy")
                 applied = None
                 print(f"destroyed: {run['state']}", flush=True)  # noqa: T201
-    finally:
-        for p in procs:
-            p.stop()
-        broker.stop()
-        asyncio.run(drop_database(LOCAL_PG, database))
+        finally:
+            if applied:
+                run_plan(api, applied, "destroy")
 
 
 if __name__ == "__main__":

@@ -36,14 +36,18 @@ def create_plan(api: httpx.Client, document: dict[str, Any]) -> str:
 def run_to_end(api: httpx.Client, plan_id: str, action: str, deadline: float = 600) -> dict[str, Any]:
     r = api.post(f"/v1/plans/{plan_id}/runs", json={"action": action})
     assert r.status_code == 202, r.text
-    run_id = r.json()["id"]
+    return wait_run(api, r.json()["id"], deadline)
+
+
+def wait_run(api: httpx.Client, run_id: str, deadline: float = 600) -> dict[str, Any]:
+    """Poll a run until it ends; fail with its step counts if it does not within ``deadline`` seconds."""
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         run: dict[str, Any] = api.get(f"/v1/runs/{run_id}").json()
         if run["state"] not in ("running", "cancelling", "rolling_back"):
             return run
         time.sleep(1.0)
-    pytest.fail(f"{action} run {run_id} still running after {deadline:.0f}s: {run['counts']}")
+    pytest.fail(f"{run['action']} run {run_id} still running after {deadline:.0f}s: {run['counts']}")
 
 
 def failures(run: dict[str, Any]) -> list[str]:

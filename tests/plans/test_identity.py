@@ -5,7 +5,6 @@ service user, which has no role in that project. Every check of the cloud reads 
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from keystoneauth1.identity import v3
 
 from tests.fixtures.openstack import Cleanup, CloudUnderTest
 from tests.fixtures.platform import Platform, wait_for
-from tests.plans.test_apply import failures, tagged
+from tests.plans.test_apply import failures, run_to_end, tagged, wait_run
 
 pytestmark = pytest.mark.devcloud
 
@@ -132,16 +131,6 @@ def client(platform: Platform, service: str, tok: str | None) -> httpx.Client:
     if tok is not None:
         c.headers["X-Auth-Token"] = tok
     return c
-
-
-def wait_run(api: httpx.Client, run_id: str, deadline: float = 300) -> dict[str, Any]:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        run: dict[str, Any] = api.get(f"/v1/runs/{run_id}").json()
-        if run["state"] not in ("running", "cancelling", "rolling_back"):
-            return run
-        time.sleep(1.0)
-    pytest.fail(f"run {run_id} still running after {deadline:.0f}s")
 
 
 def test_project_b_cannot_reach_project_a_and_a_reader_cannot_change_anything(
@@ -267,9 +256,7 @@ def test_project_b_cannot_reach_project_a_and_a_reader_cannot_change_anything(
 
 def destroy(platform: Platform, tok: str, plan_id: str) -> dict[str, Any]:
     with client(platform, "planner", tok) as api:
-        r = api.post(f"/v1/plans/{plan_id}/runs", json={"action": "destroy"})
-        assert r.status_code == 202, r.text
-        return wait_run(api, r.json()["id"])
+        return run_to_end(api, plan_id, "destroy", 300)
 
 
 def asyncio_fetch(platform: Platform, query: str, *args: Any) -> Any:
