@@ -5,9 +5,9 @@ security groups and rules → volumes → servers (in rollout batches, after the
 attachments → floating IPs → load balancers → listeners → pools → members → health monitors.
 Destroy runs the same graph in reverse.
 
-Each step's params are its kind's model (shared/events/kinds.py): its domain service and its key's
-prefix come from there, and ``Step.params`` is the same model as the dict the rest of the planner and the
-V1 commands still use.
+Each step's params are its kind's model (shared/events/kinds.py), and its domain service and its key's
+prefix come from that kind. ``Step.spec`` holds the model (what ApplyStepV2 carries); ``Step.params`` holds
+the same as the JSON dict the rest of the planner, the ledger and the V1 commands still use.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class Step:
 
     def __post_init__(self) -> None:
         if self.spec is not None and self.spec.KIND != self.kind:
-            raise ValueError(f"step {self.key} is of kind {self.kind!r} but its params are {self.spec.KIND!r}")
+            raise ValueError(f"step {self.key} is of kind '{self.kind}' but its params are of kind '{self.spec.KIND}'")
         object.__setattr__(self, "params", self.spec.as_dict() if self.spec is not None else {})
 
 

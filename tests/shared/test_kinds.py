@@ -157,6 +157,11 @@ class TestCompiledStepsAreTyped:
         with pytest.raises(ValidationError, match="flavor"):
             parse_params("server", {"name": "web-0", "group": "web", "index": 0, "image": "i"})
 
+    def test_a_step_whose_params_are_of_another_kind_is_refused(self) -> None:
+        spec = spec_of(dict(GRAPHS)["every-kind"].steps["server/web-0"])
+        with pytest.raises(ValueError, match="is of kind 'volume' but its params are of kind 'server'"):
+            Step("server/web-0", "compute", "volume", "$", spec)
+
     def test_an_unknown_kind_names_the_known_ones(self) -> None:
         with pytest.raises(KeyError, match="unknown step kind 'gateway'; known kinds: network, subnet"):
             params_model("gateway")
