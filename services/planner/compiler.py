@@ -4,6 +4,10 @@ Dependencies follow what the cloud needs: networks → subnets → routers (gate
 security groups and rules → volumes → servers (in rollout batches, after the groups they depend on) →
 attachments → floating IPs → load balancers → listeners → pools → members → health monitors.
 Destroy runs the same graph in reverse.
+
+Each step's params are its kind's model (shared/events/kinds.py), and its domain service and its key's
+prefix come from that kind. ``Step.spec`` holds the model (what ApplyStepV2 carries); ``Step.params`` holds
+the same as the JSON dict the rest of the planner, the ledger and the V1 commands still use.
 """
 
 from __future__ import annotations
@@ -13,18 +17,48 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.planner.spec import Plan
+from shared.events.kinds import (
+    FloatingIpParams,
+    HealthMonitorParams,
+    Kind,
+    KindParams,
+    ListenerParams,
+    LoadBalancerParams,
+    MemberParams,
+    NetworkParams,
+    ObjectContainerParams,
+    PoolParams,
+    RouterInterfaceParams,
+    RouterParams,
+    SecurityGroupParams,
+    SecurityGroupRuleParams,
+    ServerGroupParams,
+    ServerParams,
+    SubnetParams,
+    VolumeAttachmentParams,
+    VolumeParams,
+    step_key,
+)
 
 
 @dataclass(frozen=True)
 class Step:
-    """One resource to create. ``key`` is stable across plan versions (scaling diffs by it)."""
+    """One resource to create. ``key`` is stable across plan versions (scaling diffs by it).
+
+    ``spec`` is the typed params (what ApplyStepV2 carries); ``params`` is the same as a JSON dict."""
 
     key: str
     service: str  # the domain service that executes it
     kind: str
     path: str  # where in the plan it comes from, for error messages
-    params: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    spec: KindParams | None = field(default=None, hash=False, compare=False)
     after: frozenset[str] = frozenset()
+    params: dict[str, Any] = field(init=False, hash=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.spec is not None and self.spec.KIND != self.kind:
+            raise ValueError(f"step {self.key} is of kind '{self.kind}' but its params are of kind '{self.spec.KIND}'")
+        object.__setattr__(self, "params", self.spec.as_dict() if self.spec is not None else {})
 
 
 @dataclass(frozen=True)
@@ -50,8 +84,10 @@ class _Builder:
     def __init__(self) -> None:
         self.steps: dict[str, Step] = {}
 
-    def add(self, key: str, service: str, kind: str, path: str, after: set[str] | None = None, **params: Any) -> str:
-        self.steps[key] = Step(key, service, kind, path, params, frozenset(after or ()))
+    def add(self, spec: KindParams, tail: tuple[str, ...], path: str, after: set[str] | None = None) -> str:
+        """Add the step of ``spec`` under the key ``<its kind's prefix>/<tail...>``; return the key."""
+        key = step_key(spec.KIND, *tail)
+        self.steps[key] = Step(key, spec.DOMAIN.value, spec.KIND.value, path, spec, frozenset(after or ()))
         return key
 
 
@@ -61,126 +97,101 @@ def compile_plan(plan: Plan) -> Graph:
     router_steps: dict[str, str] = {}
     for i, net in enumerate(plan.networks):
         path = f"$.networks[{i}]"
-        n = b.add(f"network/{net.name}", "network", "network", path, name=net.name)
+        n = b.add(NetworkParams(name=net.name), (net.name,), path)
         s = b.add(
-            f"subnet/{net.name}",
-            "network",
-            "subnet",
+            SubnetParams(network=net.name, cidr=str(net.cidr), dns=[str(d) for d in net.dns]),
+            (net.name,),
             f"{path}.cidr",
             {n},
-            network=net.name,
-            cidr=str(net.cidr),
-            dns=[str(d) for d in net.dns],
         )
         subnet_of[net.name] = s
         if net.router:
             r = router_steps.get(net.router.name) or b.add(
-                f"router/{net.router.name}",
-                "network",
-                "router",
+                RouterParams(name=net.router.name, external_network=net.router.external_network),
+                (net.router.name,),
                 f"{path}.router",
-                name=net.router.name,
-                external_network=net.router.external_network,
             )
             router_steps[net.router.name] = r
             b.add(
-                f"router-interface/{net.router.name}/{net.name}",
-                "network",
-                "router_interface",
+                RouterInterfaceParams(router=net.router.name, network=net.name),
+                (net.router.name, net.name),
                 f"{path}.router",
                 {r, s},
-                router=net.router.name,
-                network=net.name,
             )
     sg_steps: dict[str, str] = {}
     for i, sg in enumerate(plan.security_groups):
-        sg_steps[sg.name] = b.add(
-            f"security-group/{sg.name}", "network", "security_group", f"$.security_groups[{i}]", name=sg.name
-        )
+        sg_steps[sg.name] = b.add(SecurityGroupParams(name=sg.name), (sg.name,), f"$.security_groups[{i}]")
+    rule_prefix = step_key(Kind.SECURITY_GROUP_RULE, "")
+    interface_prefix = step_key(Kind.ROUTER_INTERFACE, "")
     for i, sg in enumerate(plan.security_groups):
         for j, rule in enumerate(sg.rules):
             after = {sg_steps[sg.name]} | ({sg_steps[rule.remote_group]} if rule.remote_group else set())
             b.add(
-                f"security-group-rule/{sg.name}/{j}",
-                "network",
-                "security_group_rule",
+                SecurityGroupRuleParams(group=sg.name, **rule.model_dump(mode="json")),
+                (sg.name, str(j)),
                 f"$.security_groups[{i}].rules[{j}]",
                 after,
-                group=sg.name,
-                **rule.model_dump(mode="json"),
             )
     for i, vol in enumerate(plan.volumes):
-        b.add(f"volume/{vol.name}", "storage", "volume", f"$.volumes[{i}]", **vol.model_dump(mode="json"))
+        b.add(VolumeParams(**vol.model_dump(mode="json")), (vol.name,), f"$.volumes[{i}]")
     for i, c in enumerate(plan.object_containers):
-        b.add(f"container/{c.name}", "storage", "object_container", f"$.object_containers[{i}]", name=c.name)
+        b.add(ObjectContainerParams(name=c.name), (c.name,), f"$.object_containers[{i}]")
 
     servers_of: dict[str, list[str]] = {}
     for i, g in enumerate(plan.instance_groups):
         path = f"$.instance_groups[{i}]"
         base = {subnet_of[n] for n in g.networks} | {sg_steps[s] for s in g.security_groups}
-        base |= {k for k in b.steps if k.startswith("security-group-rule/") and k.split("/")[1] in g.security_groups}
-        base |= {k for k in b.steps if k.startswith("router-interface/") and k.split("/")[2] in g.networks}
+        base |= {k for k in b.steps if k.startswith(rule_prefix) and k.split("/")[1] in g.security_groups}
+        base |= {k for k in b.steps if k.startswith(interface_prefix) and k.split("/")[2] in g.networks}
         sgroup = None
         if g.server_group:
             sgroup = b.add(
-                f"server-group/{g.name}",
-                "compute",
-                "server_group",
-                f"{path}.server_group",
-                name=g.name,
-                policy=g.server_group.policy,
+                ServerGroupParams(name=g.name, policy=g.server_group.policy), (g.name,), f"{path}.server_group"
             )
             base.add(sgroup)
         servers_of[g.name] = []
         for index in range(g.count):
             name = f"{g.name}-{index}"
-            for j, v in enumerate(g.volumes):
+            volumes = [
                 b.add(
-                    f"volume/{name}/{v.name}",
-                    "storage",
-                    "volume",
+                    VolumeParams(name=f"{name}-{v.name}", size_gb=v.size_gb, type=v.type),
+                    (name, v.name),
                     f"{path}.volumes[{j}]",
-                    name=f"{name}-{v.name}",
-                    size_gb=v.size_gb,
-                    type=v.type,
                 )
+                for j, v in enumerate(g.volumes)
+            ]
             server = b.add(
-                f"server/{name}",
-                "compute",
-                "server",
+                ServerParams(
+                    name=name,
+                    group=g.name,
+                    index=index,
+                    flavor=g.flavor,
+                    image=g.image,
+                    networks=list(g.networks),
+                    security_groups=list(g.security_groups),
+                    key_pair=g.key_pair,
+                    server_group=g.name if sgroup else None,
+                    user_data=g.user_data,
+                    metadata=dict(g.metadata),
+                ),
+                (name,),
                 path,
                 base,
-                name=name,
-                group=g.name,
-                index=index,
-                flavor=g.flavor,
-                image=g.image,
-                networks=list(g.networks),
-                security_groups=list(g.security_groups),
-                key_pair=g.key_pair,
-                server_group=g.name if sgroup else None,
-                user_data=g.user_data,
-                metadata=dict(g.metadata),
             )
             servers_of[g.name].append(server)
-            for j, v in enumerate(g.volumes):
+            for j, (v, volume) in enumerate(zip(g.volumes, volumes, strict=True)):
                 b.add(
-                    f"volume-attachment/{name}/{v.name}",
-                    "compute",
-                    "volume_attachment",
+                    VolumeAttachmentParams(server=name, volume=f"{name}-{v.name}"),
+                    (name, v.name),
                     f"{path}.volumes[{j}]",
-                    {server, f"volume/{name}/{v.name}"},
-                    server=name,
-                    volume=f"{name}-{v.name}",
+                    {server, volume},
                 )
             if g.floating_ip:
                 b.add(
-                    f"floating-ip/{name}",
-                    "network",
-                    "floating_ip",
+                    FloatingIpParams(server=name),
+                    (name,),
                     f"{path}.floating_ip",
-                    {server} | {k for k in base if k.startswith("router-interface/")},
-                    server=name,
+                    {server} | {k for k in base if k.startswith(interface_prefix)},
                 )
     # Rollout: a group's servers come in batches (each batch after the previous one) and after every
     # server of the groups it depends on.
@@ -193,53 +204,32 @@ def compile_plan(plan: Plan) -> Graph:
             for key in servers[start : start + size]:
                 step = b.steps[key]
                 b.steps[key] = Step(
-                    step.key, step.service, step.kind, step.path, step.params, step.after | deps | previous
+                    step.key, step.service, step.kind, step.path, step.spec, step.after | deps | previous
                 )
     for i, lb in enumerate(plan.load_balancers):
         path = f"$.load_balancers[{i}]"
-        lb_step = b.add(
-            f"load-balancer/{lb.name}",
-            "network",
-            "load_balancer",
-            path,
-            {subnet_of[lb.network]},
-            name=lb.name,
-            network=lb.network,
-        )
+        lb_step = b.add(LoadBalancerParams(name=lb.name, network=lb.network), (lb.name,), path, {subnet_of[lb.network]})
         listener = b.add(
-            f"listener/{lb.name}",
-            "network",
-            "listener",
+            ListenerParams(lb=lb.name, **lb.listener.model_dump(mode="json")),
+            (lb.name,),
             f"{path}.listener",
             {lb_step},
-            lb=lb.name,
-            **lb.listener.model_dump(mode="json"),
         )
-        pool = b.add(
-            f"pool/{lb.name}", "network", "pool", f"{path}.pool", {listener}, lb=lb.name, algorithm=lb.pool.algorithm
-        )
+        pool = b.add(PoolParams(lb=lb.name, algorithm=lb.pool.algorithm), (lb.name,), f"{path}.pool", {listener})
         for server in servers_of.get(lb.pool.members.group, []):
-            name = server.removeprefix("server/")
+            name = server.split("/", 1)[1]
             b.add(
-                f"member/{lb.name}/{name}",
-                "network",
-                "member",
+                MemberParams(lb=lb.name, server=name, port=lb.pool.members.port, network=lb.network),
+                (lb.name, name),
                 f"{path}.pool.members",
                 {pool, server},
-                lb=lb.name,
-                server=name,
-                port=lb.pool.members.port,
-                network=lb.network,
             )
         if lb.health_monitor:
             b.add(
-                f"health-monitor/{lb.name}",
-                "network",
-                "health_monitor",
+                HealthMonitorParams(lb=lb.name, **lb.health_monitor.model_dump(mode="json")),
+                (lb.name,),
                 f"{path}.health_monitor",
                 {pool},
-                lb=lb.name,
-                **lb.health_monitor.model_dump(mode="json"),
             )
     graph = Graph(b.steps)
     graph.order()  # the builder adds edges only forwards; this asserts there is no cycle

@@ -27,7 +27,16 @@ EXECUTORS = ("compute", "network", "storage")  # the domain services that apply 
 CHANNELS: dict[str, list[str]] = {
     **{
         commands_topic(d): ["io.dcostack.platform.probe.run.v1"]
-        + (["io.dcostack.planner.step.apply.v1", "io.dcostack.planner.step.destroy.v1"] if d in EXECUTORS else [])
+        + (
+            [
+                "io.dcostack.planner.step.apply.v1",
+                "io.dcostack.planner.step.destroy.v1",
+                "io.dcostack.planner.step.apply.v2",
+                "io.dcostack.planner.step.destroy.v2",
+            ]
+            if d in EXECUTORS
+            else []
+        )
         for d in DOMAINS
         if d != "planner"
     },

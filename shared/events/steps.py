@@ -11,9 +11,10 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shared.events.base import EventData, register
+from shared.events.kinds import Kind, StepParams
 
 
 class _StepCommand(EventData):
@@ -46,6 +47,50 @@ class DestroyStepV1(_StepCommand):
     """Delete one step's resource if it exists and wait until it is gone. Answered by StepProgressedV1."""
 
     TYPE = "io.dcostack.planner.step.destroy.v1"
+
+
+class _TypedStepCommand(EventData):
+    dispatch_id: UUID = Field(description="Unique per dispatch; a redelivered command has the same id")
+    run_id: UUID
+    plan_id: UUID
+    step_key: str = Field(description="Stable key of the step in the plan's graph, e.g. server/web-0")
+    kind: Kind = Field(description="Resource kind, e.g. network, server, member; the same as params.kind")
+    path: str = Field(description="JSON path in the plan the step comes from, for error messages")
+    params: StepParams = Field(description="What the service needs to build or find the resource, by kind")
+    timeout_seconds: float = Field(gt=0, description="How long the service may work on it before failing it")
+    trust_id: str | None = Field(
+        None,
+        description="The Keystone trust the service acts through (trustor: the user who started the run; "
+        "trustee: DCOSTACK's service user). None: the service acts with its own DCOSTACK_CLOUD entry "
+        "(noauth deployments)",
+    )
+
+    @model_validator(mode="after")
+    def _kind_matches_params(self) -> _TypedStepCommand:
+        if self.params.kind != self.kind:
+            raise ValueError(f"kind is '{self.kind}' but params are of kind '{self.params.kind}'; send one kind")
+        return self
+
+
+@register
+class ApplyStepV2(_TypedStepCommand):
+    """Make one step's resource exist: find it by its marks (plan, step) or create it, then wait for
+    its terminal state. Answered by StepProgressedV1 events.
+
+    Version history: v2 types ``params`` per kind (shared/events/kinds.py, told apart by
+    ``params.kind``) and ``kind`` as an enum; v1 carries them as a free-form object and a string."""
+
+    TYPE = "io.dcostack.planner.step.apply.v2"
+
+
+@register
+class DestroyStepV2(_TypedStepCommand):
+    """Delete one step's resource if it exists and wait until it is gone. Answered by StepProgressedV1.
+
+    Version history: v2 types ``params`` per kind (shared/events/kinds.py, told apart by
+    ``params.kind``) and ``kind`` as an enum; v1 carries them as a free-form object and a string."""
+
+    TYPE = "io.dcostack.planner.step.destroy.v2"
 
 
 @register
