@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -111,6 +112,22 @@ async def get_plan(
     if row is None:
         raise PlanVersionNotFound(plan_id, version or 0, plan.latest_version)
     return plan, _version(row)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A plan version read and compiled once, handed on from one use case to the next (a run's start hands
+    it to the preview it checks, so neither reads nor compiles the plan again)."""
+
+    plan: PlanRecord
+    version: PlanVersion
+    checked: CheckedPlan
+
+
+async def read_checked(pool: asyncpg.Pool, project_id: str, plan_id: UUID, version: int | None = None) -> Subject:
+    """The plan and one of its versions (the latest unless ``version``), compiled; 404 when either is missing."""
+    plan, found = await get_plan(pool, project_id, plan_id, version)
+    return Subject(plan, found, await check_document(found.document))
 
 
 async def list_versions(pool: asyncpg.Pool, project_id: str, plan_id: UUID) -> tuple[PlanRecord, list[PlanVersion]]:

@@ -34,7 +34,8 @@ import httpx
 
 from services.planner.plans import service as plans_service
 from services.planner.plans.compiler import Step
-from services.planner.plans.domain import PlanInvalid, check_plan
+from services.planner.plans.domain import CheckedPlan, PlanInvalid, check_plan
+from services.planner.plans.service import Subject
 from services.planner.previews import repository
 from services.planner.previews.checks import Check, Checker
 from services.planner.previews.diff import Catalog, Diff, compute_diff
@@ -73,6 +74,13 @@ class Preview:
     took_ms: float
     reads_ms: dict[str, float] = field(default_factory=dict)
     created_at: datetime | None = None
+    #: the plan version it compiled, for a run that starts from it
+    checked: CheckedPlan | None = None
+
+    @property
+    def unchanged(self) -> set[str]:
+        """Keys of the plan's steps that are live and as the plan wants them."""
+        return {e.key for e in self.diff.entries if e.action == "unchanged"}
 
     @property
     def ok(self) -> bool:
@@ -130,16 +138,24 @@ async def compute_preview(
     plan_id: UUID,
     version: int | None = None,
     client: httpx.AsyncClient | None = None,
+    subject: Subject | None = None,
 ) -> Preview:
-    """Diff and checks of a plan version (the latest by default) against the live cloud; stores nothing."""
+    """Diff and checks of a plan version (the latest by default) against the live cloud; stores nothing.
+    ``subject``: the plan version, already read and compiled by the caller."""
     started = time.perf_counter()
-    plan_record, plan_version = await plans_service.get_plan(pool_or_conn, project_id, plan_id, version)
+    if subject is None:
+        plan_record, plan_version = await plans_service.get_plan(pool_or_conn, project_id, plan_id, version)
+    else:
+        plan_record, plan_version = subject.plan, subject.version
     own = client is None
     http = client or httpx.AsyncClient()
     try:
         fetch = asyncio.create_task(fetch_live(services, http, plan_id))
         try:
-            checked = await asyncio.to_thread(check_plan, plan_version.document)
+            if subject is None:
+                checked = await asyncio.to_thread(check_plan, plan_version.document)
+            else:
+                checked = subject.checked
             history = await _history(pool_or_conn, plan_id, plan_version.version)
         except BaseException:
             if fetch.done() and not fetch.cancelled():
@@ -169,6 +185,7 @@ async def compute_preview(
         live_values={"stable": checker.stable, "usage": checker.usage},
         took_ms=(time.perf_counter() - started) * 1000,
         reads_ms=live.timings_ms,
+        checked=checked,
     )
 
 
@@ -261,6 +278,7 @@ async def ensure_preview_current(
     settings: PlannerSettings,
     client: httpx.AsyncClient | None = None,
     caller: Caller | None = None,
+    subject: Subject | None = None,
 ) -> dict[str, Any]:
     """Check that a stored preview still describes what a run of ``plan_id`` at ``version`` would do.
 
@@ -280,6 +298,34 @@ async def ensure_preview_current(
     - Nothing is written. The fresh result is returned (the stored ``preview_id``, the recomputed diff and
       checks), so the caller can run exactly what was checked.
     """
+    fresh, created_at = await current_preview(
+        pool_or_conn,
+        preview_id,
+        plan_id,
+        version,
+        project_id=project_id,
+        settings=settings,
+        client=client,
+        caller=caller,
+        subject=subject,
+    )
+    return {**fresh.result(), "preview_id": str(preview_id), "created_at": created_at.isoformat()}
+
+
+async def current_preview(
+    pool_or_conn: Any,
+    preview_id: UUID,
+    plan_id: UUID,
+    version: int,
+    *,
+    project_id: str,
+    settings: PlannerSettings,
+    client: httpx.AsyncClient | None = None,
+    caller: Caller | None = None,
+    subject: Subject | None = None,
+) -> tuple[Preview, datetime]:
+    """:func:`ensure_preview_current`, answering the recomputed preview itself (its compiled plan and diff,
+    for the run that starts from it) and when the stored one was made."""
     row = await _stored(pool_or_conn, project_id, preview_id)
     rerun = f"re-run preview (POST /v1/plans/{plan_id}/preview) and start the run with the new preview_id"
     if row["plan_id"] != plan_id or row["version"] != version:
@@ -289,7 +335,7 @@ async def ensure_preview_current(
             field="preview_id",
         )
     services = DomainServices.of(settings, caller)
-    fresh = await compute_preview(pool_or_conn, services, project_id, plan_id, version, client)
+    fresh = await compute_preview(pool_or_conn, services, project_id, plan_id, version, client, subject)
     changes: list[str] = []
     if fresh.plan_fingerprint != row["plan_fingerprint"]:
         changes.append(f"plan version {version}'s document")
@@ -311,4 +357,5 @@ async def ensure_preview_current(
             field="preview_id",
             preview_id=preview_id,
         )
-    return {**fresh.result(), "preview_id": str(preview_id), "created_at": row["created_at"].isoformat()}
+    created_at: datetime = row["created_at"]
+    return fresh, created_at

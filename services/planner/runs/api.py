@@ -2,45 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response
 
-from services.planner.plans import service as plans_service
-from services.planner.previews import service as previews_service
-from services.planner.previews.live import DomainServices
 from services.planner.runs import service
 from services.planner.runs.schemas import ResumeRequest, RunList, RunRequest, RunView
 from services.planner.runs.trusts import Delegation
 from services.planner.settings import PlannerSettings
-from shared.auth import Caller, Reader, Writer
-from shared.errors import Conflict, DependencyUnavailable, InvalidInput
+from shared.auth import Reader, Writer
 from shared.logging import get_logger
 
 router = APIRouter()
 log = get_logger(__name__)
-
-
-async def _live_unchanged(
-    request: Request, who: Caller, plan_id: UUID, version: int | None, previewed: dict[str, Any] | None
-) -> set[str] | None:
-    """Keys of a re-apply's steps that are live and as the plan wants them: the preview the run starts from,
-    or one computed now when the plan has built something before. Without an answer from the domain
-    services, None: every step is dispatched (and finds what exists by its marks)."""
-    runtime = request.app.state.runtime
-    if previewed is None:
-        if not await service.applied_steps(runtime.pool, plan_id):
-            return None  # nothing built yet: nothing to keep
-        try:
-            found = await previews_service.compute_preview(
-                runtime.pool, DomainServices.of(runtime.settings, who), who.project_id, plan_id, version
-            )
-        except DependencyUnavailable as exc:
-            log.info("run.live_state_unknown", plan_id=str(plan_id), reason=exc.detail)
-            return None
-        previewed = found.result()
-    return {e["key"] for e in previewed["diff"] if e["action"] == "unchanged"}
 
 
 def _delegation(request: Request) -> Delegation:
@@ -71,53 +46,9 @@ async def start_run(
     applied that are live and unchanged (per the preview the run starts from, or one computed at start) are
     kept without being redone, so a scale-out dispatches only the new instances."""
     runtime = request.app.state.runtime
-    if body.preview_id is not None and body.action != "apply":
-        raise InvalidInput("preview_id applies to an apply; leave it out for a destroy", field="preview_id")
-    # 404 for another project's plan (or a missing version) before anything is read or delegated
-    version = (await plans_service.get_plan(runtime.pool, who.project_id, plan_id, body.version))[1].version
-    fresh: dict[str, Any] | None = None
-    if body.preview_id is not None:
-        fresh = await previews_service.ensure_preview_current(
-            runtime.pool,
-            body.preview_id,
-            plan_id,
-            version,
-            project_id=who.project_id,
-            settings=runtime.settings,
-            caller=who,
-        )
-        failed = [c for c in fresh["checks"] if c["status"] == "failed"]
-        if failed and not body.force:
-            reasons = "; ".join(f"{c['name']}: {c['message']}" + (f" ({c['fix']})" if c.get("fix") else "")
-                                for c in failed)  # fmt: skip
-            raise Conflict(
-                f"preview {body.preview_id} says this apply would fail: {reasons}. Change the plan or the cloud "
-                "and preview again, or start with force=true to run it anyway",
-                field="preview_id",
-            )
-    live_unchanged: set[str] | None = None
-    if body.action == "apply":
-        live_unchanged = await _live_unchanged(request, who, plan_id, version, fresh)
-    delegation = _delegation(request)
-    trust_id = await delegation.delegate(who, f"a {body.action} of plan {plan_id}")
-    try:
-        run_id = await service.start_run(
-            runtime.pool,
-            who.project_id,
-            plan_id,
-            body.action,
-            version,
-            runtime.settings.step_timeout_seconds,
-            preview_id=body.preview_id,
-            trust_id=trust_id,
-            live_unchanged=live_unchanged,
-        )
-    except BaseException:
-        if trust_id is not None:  # no run holds it: delete it now rather than let it wait for its expiry
-            await delegation.revoke(trust_id)
-        raise
-    response.headers["Location"] = f"/v1/runs/{run_id}"
-    return RunView.of(await service.get_run(runtime.pool, who.project_id, run_id))
+    run = await service.start_run(runtime.pool, runtime.settings, _delegation(request), who, plan_id, body)
+    response.headers["Location"] = f"/v1/runs/{run.id}"
+    return RunView.of(run)
 
 
 @router.get("/v1/plans/{plan_id}/runs", response_model=RunList, tags=["runs"])
@@ -151,8 +82,9 @@ async def cancel_run(run_id: UUID, request: Request, who: Writer) -> RunView:
 
     409 when the run already ended, or while it rolls back (stopping that would leave part of it behind)."""
     runtime = request.app.state.runtime
-    await service.cancel_run(runtime.pool, who.project_id, run_id, runtime.settings.step_timeout_seconds)
-    return RunView.of(await service.get_run(runtime.pool, who.project_id, run_id))
+    return RunView.of(
+        await service.cancel_run(runtime.pool, who.project_id, run_id, runtime.settings.step_timeout_seconds)
+    )
 
 
 @router.post(
@@ -171,16 +103,4 @@ async def resume_run(run_id: UUID, request: Request, who: Writer, body: ResumeRe
     fixed plan): succeeded steps whose parameters did not change are kept and not redone; every other step
     starts again, and what the version no longer has is removed."""
     runtime = request.app.state.runtime
-    version = body.version if body else None
-    delegation = _delegation(request)
-    await service.get_run(runtime.pool, who.project_id, run_id)  # 404 before anything is delegated
-    trust_id = await delegation.delegate(who, f"resuming run {run_id}")
-    try:
-        await service.resume_run(
-            runtime.pool, who.project_id, run_id, version, runtime.settings.step_timeout_seconds, trust_id
-        )
-    except BaseException:
-        if trust_id is not None:
-            await delegation.revoke(trust_id)
-        raise
-    return RunView.of(await service.get_run(runtime.pool, who.project_id, run_id))
+    return RunView.of(await service.resume_run(runtime.pool, runtime.settings, _delegation(request), who, run_id, body))

@@ -46,6 +46,11 @@ async def applied_steps(conn: asyncpg.Pool | asyncpg.Connection, plan_id: UUID) 
     ]
 
 
+async def has_applied(conn: asyncpg.Pool | asyncpg.Connection, plan_id: UUID) -> bool:
+    """Whether the plan has built anything, per the ledger."""
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM applied_steps WHERE plan_id = $1)", plan_id))
+
+
 async def ledger_creators(conn: asyncpg.Connection, plan_id: UUID) -> dict[str, UUID]:
     """Each key of the plan's ledger, and the run that created it."""
     rows = await conn.fetch("SELECT key, run_id FROM applied_steps WHERE plan_id = $1", plan_id)
@@ -126,7 +131,7 @@ async def lock_run(conn: asyncpg.Connection, run_id: UUID, project_id: str | Non
     return await conn.fetchrow("SELECT * FROM runs WHERE id = $1 AND project_id = $2 FOR UPDATE", run_id, project_id)
 
 
-async def run_plan_id(conn: asyncpg.Connection, project_id: str, run_id: UUID) -> UUID | None:
+async def run_plan_id(conn: asyncpg.Pool | asyncpg.Connection, project_id: str, run_id: UUID) -> UUID | None:
     found: UUID | None = await conn.fetchval(
         "SELECT plan_id FROM runs WHERE id = $1 AND project_id = $2", run_id, project_id
     )

@@ -40,8 +40,12 @@ from uuid import UUID
 import asyncpg
 
 from services.planner.plans import repository as plans_repository
+from services.planner.plans import service as plans_service
 from services.planner.plans.compiler import Graph
 from services.planner.plans.domain import CheckedPlan, check_plan
+from services.planner.plans.service import Subject
+from services.planner.previews import service as previews_service
+from services.planner.previews.live import DomainServices
 from services.planner.runs import repository
 from services.planner.runs.machine import (
     ACTIVE,
@@ -62,8 +66,12 @@ from services.planner.runs.machine import (
     wants_ledger,
 )
 from services.planner.runs.ordering import destroy_after, destroy_order
+from services.planner.runs.schemas import ResumeRequest, RunRequest
+from services.planner.runs.trusts import Delegation
+from services.planner.settings import PlannerSettings
+from shared.auth import Caller
 from shared.bus import OutboxRow, make_outbox_row, write_outbox
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, DependencyUnavailable, InvalidInput, NotFound
 from shared.events.steps import ApplyStepV1, DestroyStepV1, RunChangedV1, StepProgressedV1
 from shared.logging import get_logger
 from shared.topics import commands_topic, events_topic
@@ -178,26 +186,102 @@ def _unchanged(planned: list[PlannedStep], ledger: dict[str, AppliedStep], live:
 
 async def start_run(
     pool: asyncpg.Pool,
-    project_id: str,
+    settings: PlannerSettings,
+    delegation: Delegation,
+    caller: Caller,
     plan_id: UUID,
+    request: RunRequest,
+) -> Run:
+    """Apply (or destroy) a plan version as a run: the plan is read and compiled once, the preview it starts
+    from (or, for a re-apply without one, a preview computed now) says which steps are live and unchanged,
+    the caller's roles are delegated to the run (a trust, revoked again if the run cannot start), and the
+    first steps are dispatched."""
+    if request.preview_id is not None and request.action != "apply":
+        raise InvalidInput("preview_id applies to an apply; leave it out for a destroy", field="preview_id")
+    # 404 for another project's plan (or a missing version) before anything is read or delegated
+    subject = await plans_service.read_checked(pool, caller.project_id, plan_id, request.version)
+    live_unchanged: set[str] | None = None
+    if request.preview_id is not None:
+        fresh, _ = await previews_service.current_preview(
+            pool,
+            request.preview_id,
+            plan_id,
+            subject.version.version,
+            project_id=caller.project_id,
+            settings=settings,
+            caller=caller,
+            subject=subject,
+        )
+        failed = [c for c in fresh.checks if c.status == "failed"]
+        if failed and not request.force:
+            reasons = "; ".join(f"{c.name}: {c.message}" + (f" ({c.fix})" if c.fix else "") for c in failed)
+            raise Conflict(
+                f"preview {request.preview_id} says this apply would fail: {reasons}. Change the plan or the cloud "
+                "and preview again, or start with force=true to run it anyway",
+                field="preview_id",
+            )
+        live_unchanged = fresh.unchanged
+    elif request.action == "apply":
+        live_unchanged = await _live_unchanged(pool, settings, caller, subject)
+    trust_id = await delegation.delegate(caller, f"a {request.action} of plan {plan_id}")
+    try:
+        run_id = await _create_run(
+            pool,
+            caller.project_id,
+            subject,
+            request.action,
+            settings.step_timeout_seconds,
+            preview_id=request.preview_id,
+            trust_id=trust_id,
+            live_unchanged=live_unchanged,
+        )
+    except BaseException:
+        if trust_id is not None:  # no run holds it: delete it now rather than let it wait for its expiry
+            await delegation.revoke(trust_id)
+        raise
+    return await get_run(pool, caller.project_id, run_id)
+
+
+async def _live_unchanged(
+    pool: asyncpg.Pool, settings: PlannerSettings, caller: Caller, subject: Subject
+) -> set[str] | None:
+    """Keys of a re-apply's steps that are live and as the plan wants them, per a preview computed now when
+    the plan has built something before. Without an answer from the domain services, None: every step is
+    dispatched (and finds what exists by its marks)."""
+    plan_id = subject.plan.id
+    if not await repository.has_applied(pool, plan_id):
+        return None  # nothing built yet: nothing to keep
+    try:
+        found = await previews_service.compute_preview(
+            pool, DomainServices.of(settings, caller), caller.project_id, plan_id, subject=subject
+        )
+    except DependencyUnavailable as exc:
+        log.info("run.live_state_unknown", plan_id=str(plan_id), reason=exc.detail)
+        return None
+    return found.unchanged
+
+
+async def _create_run(
+    pool: asyncpg.Pool,
+    project_id: str,
+    subject: Subject,
     action: str,
-    version: int | None,
     step_timeout: float,
     preview_id: UUID | None = None,
     trust_id: str | None = None,
     live_unchanged: set[str] | None = None,
 ) -> UUID:
-    """Create a run of the plan's version (the latest by default) and dispatch its first steps.
+    """Create a run of the compiled plan version and dispatch its first steps.
 
-    ``preview_id`` records the preview the run was started from (the caller checked it is current);
+    ``preview_id`` records the preview the run was started from (checked to be current);
     ``trust_id`` is the Keystone trust its steps act through (services/planner/runs/trusts.py).
-    ``live_unchanged``: step keys the caller saw in the cloud, as the plan wants them (a preview's
-    ``unchanged``); those an earlier run applied with the same parameters are kept, not dispatched again."""
+    ``live_unchanged``: step keys seen in the cloud as the plan wants them (a preview's ``unchanged``);
+    those an earlier run applied with the same parameters are kept, not dispatched again."""
+    plan_id, number, checked = subject.plan.id, subject.version.version, subject.checked
     async with pool.acquire() as conn, conn.transaction():
-        plan = await _locked_plan(conn, project_id, plan_id)
+        await _locked_plan(conn, project_id, plan_id)
         await _refuse_if_busy(conn, plan_id)
-        number = version or plan["latest_version"]
-        checked = await _checked_version(conn, plan_id, number)
+        # read under the plan's lock, with no other run in progress: no step can change it meanwhile
         ledger = {a.key: a for a in await repository.applied_steps(conn, plan_id)}
         planned = await _plan_steps(conn, plan_id, action, checked.graph, number, ledger)
         run_id = uuid.uuid4()
@@ -232,8 +316,13 @@ async def _locked_run(conn: asyncpg.Connection, project_id: str, run_id: UUID) -
     return run
 
 
-async def cancel_run(pool: asyncpg.Pool, project_id: str, run_id: UUID, step_timeout: float) -> None:
+async def cancel_run(pool: asyncpg.Pool, project_id: str, run_id: UUID, step_timeout: float) -> Run:
     """Stop dispatching: the run is ``cancelling`` until what is in flight ends, then ``cancelled``."""
+    await _cancel(pool, project_id, run_id, step_timeout)
+    return await get_run(pool, project_id, run_id)
+
+
+async def _cancel(pool: asyncpg.Pool, project_id: str, run_id: UUID, step_timeout: float) -> None:
     async with pool.acquire() as conn, conn.transaction():
         run = await _locked_run(conn, project_id, run_id)
         if run["state"] == RunState.CANCELLING:
@@ -257,6 +346,35 @@ async def cancel_run(pool: asyncpg.Pool, project_id: str, run_id: UUID, step_tim
 
 
 async def resume_run(
+    pool: asyncpg.Pool,
+    settings: PlannerSettings,
+    delegation: Delegation,
+    caller: Caller,
+    run_id: UUID,
+    request: ResumeRequest | None,
+) -> Run:
+    """Continue a failed or cancelled run in place with its plan version (or the request's), acting through
+    a new delegation of the caller's roles (revoked again if the run cannot resume)."""
+    if await repository.run_plan_id(pool, caller.project_id, run_id) is None:  # 404 before anything is delegated
+        raise NotFound(f"run {run_id} does not exist in project {caller.project_id!r}", field="run_id")
+    trust_id = await delegation.delegate(caller, f"resuming run {run_id}")
+    try:
+        await _resume(
+            pool,
+            caller.project_id,
+            run_id,
+            request.version if request else None,
+            settings.step_timeout_seconds,
+            trust_id,
+        )
+    except BaseException:
+        if trust_id is not None:
+            await delegation.revoke(trust_id)
+        raise
+    return await get_run(pool, caller.project_id, run_id)
+
+
+async def _resume(
     pool: asyncpg.Pool,
     project_id: str,
     run_id: UUID,
