@@ -11,13 +11,10 @@ from uuid import UUID
 
 from services.planner.plans.compiler import Graph, Step, compile_plan
 from services.planner.plans.spec import InvalidPlan, Plan, PlanError, validate_plan
-from shared import auth
 from shared.errors import Conflict, InvalidInput, NotFound
 
 # --- plans -----------------------------------------------------------------------------------------
 
-#: The project of a noauth request that names none (shared/auth.py: with Keystone, the token's project).
-DEFAULT_PROJECT = auth.DEFAULT_PROJECT
 
 #: The most steps one plan may compile to. The spec bounds each group (count <= 1000) but not the number
 #: of groups, so without this a 1 MiB document could ask for millions of steps and exhaust the planner.
