@@ -6,7 +6,7 @@ answers every ApplyStepV1/DestroyStepV1 with StepProgressedV1 events on their ev
 rule says (succeed, fail, hold until released, or succeed but lose the answer), and keeps which step keys
 "exist" per plan. Like the real executors, it takes a command again under the same dispatch id as asking
 for the latest progress: it does the step once and repeats its answer. It also
-reads the planner's RunChangedV1 events. Nothing in the planner is mocked.
+reads the planner's RunChangedV2 events. Nothing in the planner is mocked.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from services.planner.plans.spec import validate_plan
 from services.planner.runs.ordering import collapse, destroy_after, destroy_order, reverse_edges
 from shared.db import SHARED_MIGRATIONS, discover, migrate
 from shared.events.envelope import decode, encode_headers, encode_value, kafka_headers, new_event_id
-from shared.events.steps import ApplyStepV1, DestroyStepV1, RunChangedV1, StepProgressedV1
+from shared.events.steps import ApplyStepV1, DestroyStepV1, RunChangedV2, StepProgressedV1
 from shared.topics import commands_topic, events_topic
 from tests.fixtures.platform import service_env, wait_for
 
@@ -95,7 +95,7 @@ class FakeDomains:
             return set(self.exists.get(plan_id, set()))
 
     def states(self, run_id: str) -> list[str]:
-        """The states the planner's RunChangedV1 events gave the run, in order."""
+        """The states the planner's RunChangedV2 events gave the run, in order."""
         with self.lock:
             return list(self.run_states.get(run_id, []))
 
@@ -139,7 +139,7 @@ class FakeDomains:
             await producer.stop()
 
     async def _handle(self, producer: AIOKafkaProducer, data: Any) -> None:
-        if isinstance(data, RunChangedV1):
+        if isinstance(data, RunChangedV2):
             with self.lock:
                 self.run_states.setdefault(str(data.run_id), []).append(data.state)
             return
@@ -396,7 +396,7 @@ class TestCancel:
         assert len(cancelled) == 9
         assert all(s["message"] == "cancelled before it started" for s in cancelled)
         assert states["network/net"]["state"] == "succeeded"
-        wait_for(lambda: "cancelled" in fake.states(run_id), 10, "the run's last RunChangedV1")
+        wait_for(lambda: "cancelled" in fake.states(run_id), 10, "the run's last RunChangedV2")
         assert fake.states(run_id) == ["running", "cancelling", "cancelled"]
 
         again = api.post(f"/v1/runs/{run_id}/cancel")
@@ -429,7 +429,7 @@ class TestRollback:
         run = ended(api, run_id)
         assert run["state"] == "rolled_back", run["message"]
         assert "server/web-2" in run["message"]
-        wait_for(lambda: "rolled_back" in fake.states(run_id), 10, "the run's last RunChangedV1")
+        wait_for(lambda: "rolled_back" in fake.states(run_id), 10, "the run's last RunChangedV2")
         assert fake.states(run_id) == ["running", "rolling_back", "rolled_back"]
 
         created = {c.key for c in fake.of(run_id, "apply")} - before  # what this run made (web-2 half-made)

@@ -157,7 +157,8 @@ async def update_plan(plan_id: UUID, request: Request, who: Writer) -> PlanView:
 async def delete_plan(plan_id: UUID, request: Request, who: Writer) -> Response:
     """Delete the plan record (its versions are kept, its name becomes free); nothing in the cloud changes.
 
-    Deleting a plan that has runs will be refused once runs exist; destroying what a plan built will be a run.
+    Its runs stay readable at GET /v1/plans/{plan_id}/runs. What the plan built stays in the cloud: remove
+    it first with a destroy run (POST /v1/plans/{plan_id}/runs with ``action: destroy``).
     """
     await service.delete_plan(request.app.state.runtime.pool, who.project_id, plan_id)
     return Response(status_code=204)

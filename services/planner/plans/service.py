@@ -27,8 +27,8 @@ SOURCE = "/dcostack/planner"
 
 
 # --- plans -----------------------------------------------------------------------------------------
-# Plan changes publish no events yet: nothing consumes them before plan runs exist, and an event type is
-# a contract kept for good, so it is added with its first consumer.
+# Plan changes publish no events: nothing consumes them, and an event type is a contract kept for good,
+# so it is added with its first consumer. (Runs publish RunChangedV2.)
 
 
 def _record(row: asyncpg.Record) -> PlanRecord:
@@ -138,8 +138,8 @@ async def list_versions(pool: asyncpg.Pool, project_id: str, plan_id: UUID) -> t
 async def delete_plan(pool: asyncpg.Pool, project_id: str, plan_id: UUID) -> None:
     """Soft-delete the plan record: its versions stay in the database, its name is free again.
 
-    A plan with runs will be refused once runs exist; none exist yet, so every plan may be deleted.
-    Nothing in the cloud is touched: destroying what a plan built is a run, not a delete.
+    Its runs stay readable (they are listed by plan id). Nothing in the cloud is touched: destroying what a
+    plan built is a destroy run, not a delete.
     """
     async with pool.acquire() as conn, conn.transaction():
         if not await repository.soft_delete_plan(conn, project_id, plan_id):

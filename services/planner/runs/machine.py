@@ -23,17 +23,8 @@ from uuid import UUID
 
 from services.planner.runs.ordering import collapse, destroy_order, reverse_edges
 
-
-class RunState(StrEnum):
-    """The states of a run: in progress (running, cancelling, rolling_back), then one of the ends."""
-
-    RUNNING = "running"
-    CANCELLING = "cancelling"
-    ROLLING_BACK = "rolling_back"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    ROLLED_BACK = "rolled_back"
+# The run states are the published contract's (RunChangedV2), re-exported for the planner.
+from shared.events.steps import RunState as RunState
 
 
 class StepState(StrEnum):

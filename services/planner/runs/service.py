@@ -72,7 +72,7 @@ from services.planner.settings import PlannerSettings
 from shared.auth import Caller
 from shared.bus import OutboxRow, make_outbox_row, write_outbox
 from shared.errors import Conflict, DependencyUnavailable, InvalidInput, NotFound
-from shared.events.steps import ApplyStepV1, DestroyStepV1, RunChangedV1, StepProgressedV1
+from shared.events.steps import ApplyStepV1, DestroyStepV1, RunChangedV2, StepProgressedV1
 from shared.logging import get_logger
 from shared.topics import commands_topic, events_topic
 
@@ -526,12 +526,12 @@ async def _finish(conn: asyncpg.Connection, run: asyncpg.Record, state: RunState
 
 
 def _run_event(run_id: UUID, plan_id: UUID, version: int, action: str, state: RunState, message: str) -> OutboxRow:
-    data = RunChangedV1(
+    data = RunChangedV2(
         run_id=run_id,
         plan_id=plan_id,
         plan_version=version,
         action=cast(Any, action),
-        state=str(state),
+        state=state,
         message=message,
         at=datetime.now(UTC),
     )
