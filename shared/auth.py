@@ -28,11 +28,10 @@ from fastapi import Depends, Request
 
 from shared.config import AuthStrategy, ServiceSettings
 from shared.errors import DcostackError, DependencyUnavailable, InvalidInput
+from shared.identity import DEFAULT_PROJECT
 
 TOKEN_HEADER = "X-Auth-Token"
 PROJECT_HEADER = "X-Project-Id"
-#: The project of a noauth request that names none.
-DEFAULT_PROJECT = "default"
 PROJECT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 #: Roles that may change things; any role in the project may read.
 WRITER_ROLES = frozenset({"admin", "member", "manager"})

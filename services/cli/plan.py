@@ -19,11 +19,12 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from services.planner.documents import Format, parse_document
-from services.planner.domain import DEFAULT_PROJECT, PlanInvalid, check_plan
-from services.planner.schemas import PlanCheckView
-from services.planner.spec import PlanError
+from services.planner.plans.documents import Format, parse_document
+from services.planner.plans.domain import PlanInvalid, check_plan
+from services.planner.plans.schemas import PlanCheckView
+from services.planner.plans.spec import PlanError
 from shared.errors import DcostackError
+from shared.identity import DEFAULT_PROJECT
 
 app = typer.Typer(
     help="Plans: validate offline, create, update, list, show; apply and destroy in the cloud.", no_args_is_help=True

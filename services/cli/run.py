@@ -25,7 +25,7 @@ from services.cli.plan import (
     console,
     fail,
 )
-from services.planner.domain import DEFAULT_PROJECT
+from shared.identity import DEFAULT_PROJECT
 
 app = typer.Typer(help="Plan runs: show one, watch it live until it ends, cancel it, resume it.", no_args_is_help=True)
 RunArg = Annotated[str, typer.Argument(help="Run id")]

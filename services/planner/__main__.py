@@ -4,11 +4,11 @@ from pathlib import Path
 import structlog
 
 from services.planner.app import create_app
-from services.planner.domain import PROBE_TARGETS
 from services.planner.handlers import handlers
-from services.planner.runs import watch_deadlines
+from services.planner.probes.domain import PROBE_TARGETS
+from services.planner.runs.service import watch_deadlines
+from services.planner.runs.trusts import Delegation
 from services.planner.settings import PlannerSettings
-from services.planner.trusts import Delegation
 from shared.runtime import Runtime, ServiceSpec, run_service
 from shared.topics import PLANNER_COMMANDS, PLANNER_EVENTS, commands_topic, events_topic
 
@@ -16,10 +16,13 @@ log = structlog.get_logger(__name__)
 
 
 async def step_deadlines(runtime: Runtime) -> None:
-    """Fail steps no service reported on before their deadline, so no run stays in progress forever."""
+    """Fail steps no service reported on before their deadline, so no run stays in progress forever, and ask
+    again for steps nothing was heard from for a while."""
     settings = runtime.settings
     assert isinstance(settings, PlannerSettings)
-    await watch_deadlines(runtime.pool, settings.step_timeout_seconds, settings.timeout_check_seconds)
+    await watch_deadlines(
+        runtime.pool, settings.step_timeout_seconds, settings.timeout_check_seconds, settings.step_reask_seconds
+    )
 
 
 async def trust_reaper(runtime: Runtime) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from services.planner import repository, runs
+from services.planner.probes import repository
+from services.planner.runs import service as runs
 from shared.bus import HandlerContext, HandlerRegistry, write_outbox
 from shared.events.platform import ProbeAnsweredV1
 from shared.events.steps import StepProgressedV1

@@ -11,6 +11,13 @@ class PlannerSettings(ServiceSettings):
     step_timeout_seconds: float = Field(
         default=600.0, gt=0, description="A step not finished after this long fails with what was last seen"
     )
+    step_reask_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="A step in flight nothing was heard from for this long gets its command again (same dispatch "
+        "id; operations are idempotent), at most once per this interval, so a lost event does not wait out "
+        "the step timeout",
+    )
     timeout_check_seconds: float = Field(default=5.0, gt=0, description="How often overdue steps are looked for")
     # The domain services' read APIs, which previews and the plan checks ask for live cloud state. The
     # defaults are the ports `dcostack up` gives them (services/cli/processes.py DEFAULT_PORTS).

@@ -8,6 +8,7 @@ Commands go to ``dcostack.<domain>.commands`` keyed by run id; progress goes to
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal
 from uuid import UUID
 
@@ -110,6 +111,8 @@ class StepProgressedV1(EventData):
     at: datetime
 
 
+# Superseded by RunChangedV2: the planner emits only V2, and nothing in DCOSTACK consumes V1. It stays
+# registered (its docstring, and so its pinned schema, unchanged) so records already written still decode.
 @register
 class RunChangedV1(EventData):
     """A plan run changed state (pending, running, succeeded, failed); for integrations and dashboards."""
@@ -121,4 +124,38 @@ class RunChangedV1(EventData):
     action: Literal["apply", "destroy"]
     state: str
     message: str = ""
+    at: datetime
+
+
+class RunState(StrEnum):
+    """The state of a plan run. In progress: ``running``, ``cancelling`` (nothing more is dispatched;
+    steps in flight finish), ``rolling_back`` (removing what the run created after a step failed). Ended:
+    ``succeeded``; ``failed`` (a step failed and the plan holds what was built, or a rollback could not
+    remove everything); ``cancelled``; ``rolled_back``. A failed or cancelled run may be resumed, and is
+    ``running`` again."""
+
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    ROLLING_BACK = "rolling_back"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    ROLLED_BACK = "rolled_back"
+
+
+@register
+class RunChangedV2(EventData):
+    """A plan run started, was resumed or changed state (see ``state``); for integrations and dashboards.
+    Emitted by the planner in the transaction that changed the run, keyed by run id.
+
+    Version history: V1 had ``state`` as free text and documented states that do not exist (pending);
+    V2 makes it the run state enum."""
+
+    TYPE = "io.dcostack.planner.run.changed.v2"
+    run_id: UUID
+    plan_id: UUID
+    plan_version: int
+    action: Literal["apply", "destroy"]
+    state: RunState
+    message: str = Field(default="", description="What happened, e.g. what failed and how to continue")
     at: datetime

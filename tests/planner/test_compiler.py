@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from services.planner.compiler import Graph, Step, compile_plan
-from services.planner.spec import Plan, validate_plan
+from services.planner.plans.compiler import Graph, Step, compile_plan
+from services.planner.plans.spec import Plan, validate_plan
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "two-tier.yaml"
 

@@ -21,9 +21,9 @@ import yaml
 
 from services.cli.infra import drop_database, ensure_database, free_port
 from services.cli.processes import ServiceProcess
-from services.planner.compiler import compile_plan
-from services.planner.domain import count_dependencies, count_steps
-from services.planner.spec import validate_plan
+from services.planner.plans.compiler import compile_plan
+from services.planner.plans.domain import count_dependencies, count_steps
+from services.planner.plans.spec import validate_plan
 from tests.fixtures.platform import service_env
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "two-tier.yaml"

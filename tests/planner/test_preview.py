@@ -18,8 +18,10 @@ import pytest
 import yaml
 
 from services.cli.processes import DEFAULT_PORTS
-from services.planner.domain import check_plan
-from services.planner.preview import Catalog, Checker, Live, compute_diff
+from services.planner.plans.domain import check_plan
+from services.planner.previews.checks import Checker
+from services.planner.previews.diff import Catalog, compute_diff
+from services.planner.previews.live import Live
 from services.planner.settings import PlannerSettings
 from shared.cloud import step_tag
 from tests.fixtures.platform import Platform

@@ -3,8 +3,10 @@ cancel, rollback, hold and resume.
 
 Compute, network and storage are played by :class:`FakeDomains`, a consumer of their command topics that
 answers every ApplyStepV1/DestroyStepV1 with StepProgressedV1 events on their event topics, as the test's
-rule says (succeed, fail, or hold until released), and keeps which step keys "exist" per plan. It also
-reads the planner's RunChangedV1 events. Nothing in the planner is mocked.
+rule says (succeed, fail, hold until released, or succeed but lose the answer), and keeps which step keys
+"exist" per plan. Like the real executors, it takes a command again under the same dispatch id as asking
+for the latest progress: it does the step once and repeats its answer. It also
+reads the planner's RunChangedV2 events. Nothing in the planner is mocked.
 """
 
 from __future__ import annotations
@@ -27,22 +29,22 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from typer.testing import CliRunner
 
+from services import planner
 from services.cli import app
 from services.cli.infra import drop_database, ensure_database, free_port
 from services.cli.processes import ServiceProcess
-from services.planner import runs
-from services.planner.compiler import compile_plan
-from services.planner.runs import collapse, destroy_after, destroy_order, reverse_edges
-from services.planner.spec import validate_plan
+from services.planner.plans.compiler import compile_plan
+from services.planner.plans.spec import validate_plan
+from services.planner.runs.ordering import collapse, destroy_after, destroy_order, reverse_edges
 from shared.db import SHARED_MIGRATIONS, discover, migrate
 from shared.events.envelope import decode, encode_headers, encode_value, kafka_headers, new_event_id
-from shared.events.steps import ApplyStepV1, DestroyStepV1, RunChangedV1, StepProgressedV1
+from shared.events.steps import ApplyStepV1, DestroyStepV1, RunChangedV2, StepProgressedV1
 from shared.topics import commands_topic, events_topic
 from tests.fixtures.platform import service_env, wait_for
 
 DOMAINS = ("compute", "network", "storage")
 runner = CliRunner()
-Rule = Callable[[str, str], str]  # (action, step key) -> "succeed" | "fail" | "hold"
+Rule = Callable[[str, str], str]  # (action, step key) -> "succeed" | "fail" | "hold" | "lose"
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,10 @@ class FakeDomains:
         self.exists: dict[str, set[str]] = {}
         self.rules: dict[str, Rule] = {}
         self.held: dict[str, Command] = {}
+        #: per dispatch id, the answer given (succeed or fail); "lose" answers are given but never arrive
+        self.answered: dict[uuid.UUID, str] = {}
+        #: commands that came again under a dispatch id already seen (the planner asked again)
+        self.repeated: list[Command] = []
         self._releases: queue.Queue[tuple[str, str]] = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
@@ -89,7 +95,7 @@ class FakeDomains:
             return set(self.exists.get(plan_id, set()))
 
     def states(self, run_id: str) -> list[str]:
-        """The states the planner's RunChangedV1 events gave the run, in order."""
+        """The states the planner's RunChangedV2 events gave the run, in order."""
         with self.lock:
             return list(self.run_states.get(run_id, []))
 
@@ -133,7 +139,7 @@ class FakeDomains:
             await producer.stop()
 
     async def _handle(self, producer: AIOKafkaProducer, data: Any) -> None:
-        if isinstance(data, RunChangedV1):
+        if isinstance(data, RunChangedV2):
             with self.lock:
                 self.run_states.setdefault(str(data.run_id), []).append(data.state)
             return
@@ -144,8 +150,18 @@ class FakeDomains:
         service = service or ("storage" if data.kind in ("volume", "object_container") else "network")
         cmd = Command(action, data.step_key, str(data.plan_id), str(data.run_id), data.dispatch_id, service)
         with self.lock:
-            self.commands.append(cmd)
+            if cmd.dispatch_id in self.answered or str(cmd.dispatch_id) in self.held:
+                self.repeated.append(cmd)
+                again = self.answered.get(cmd.dispatch_id)  # None while held: still in progress
+            else:
+                self.commands.append(cmd)
+                again = ""
             rule = self.rules.get(cmd.plan_id)
+        if again is None:
+            return
+        if again:
+            await self._answer(producer, cmd, again)  # done once; its latest progress, published again
+            return
         decision = rule(action, cmd.key) if rule is not None else "succeed"
         if decision == "hold":
             with self.lock:
@@ -154,11 +170,15 @@ class FakeDomains:
         await self._answer(producer, cmd, decision)
 
     async def _answer(self, producer: AIOKafkaProducer, cmd: Command, decision: str) -> None:
-        ok = decision == "succeed"
-        if ok:
-            with self.lock:
+        lost = decision == "lose"
+        ok = decision in ("succeed", "lose")
+        with self.lock:
+            self.answered[cmd.dispatch_id] = "succeed" if ok else "fail"
+            if ok:
                 keys = self.exists.setdefault(cmd.plan_id, set())
                 (keys.add if cmd.action == "apply" else keys.discard)(cmd.key)
+        if lost:
+            return  # done in the cloud, but the broker lost the progress event
         data = StepProgressedV1(
             dispatch_id=cmd.dispatch_id,
             run_id=uuid.UUID(cmd.run_id),
@@ -188,7 +208,12 @@ def lifecycle(
     planner = ServiceProcess(
         "planner",
         free_port(),
-        service_env(dsn, kafka_bootstrap, prefix),
+        {
+            **service_env(dsn, kafka_bootstrap, prefix),
+            # a lost answer is asked for again after 1 s, looked for every 0.5 s; the step timeout stays 600 s
+            "DCOSTACK_STEP_REASK_SECONDS": "1",
+            "DCOSTACK_TIMEOUT_CHECK_SECONDS": "0.5",
+        },
         tmp_path_factory.mktemp("planner") / "planner.log",
     )
     planner.start()
@@ -371,7 +396,7 @@ class TestCancel:
         assert len(cancelled) == 9
         assert all(s["message"] == "cancelled before it started" for s in cancelled)
         assert states["network/net"]["state"] == "succeeded"
-        wait_for(lambda: "cancelled" in fake.states(run_id), 10, "the run's last RunChangedV1")
+        wait_for(lambda: "cancelled" in fake.states(run_id), 10, "the run's last RunChangedV2")
         assert fake.states(run_id) == ["running", "cancelling", "cancelled"]
 
         again = api.post(f"/v1/runs/{run_id}/cancel")
@@ -404,7 +429,7 @@ class TestRollback:
         run = ended(api, run_id)
         assert run["state"] == "rolled_back", run["message"]
         assert "server/web-2" in run["message"]
-        wait_for(lambda: "rolled_back" in fake.states(run_id), 10, "the run's last RunChangedV1")
+        wait_for(lambda: "rolled_back" in fake.states(run_id), 10, "the run's last RunChangedV2")
         assert fake.states(run_id) == ["running", "rolling_back", "rolled_back"]
 
         created = {c.key for c in fake.of(run_id, "apply")} - before  # what this run made (web-2 half-made)
@@ -484,6 +509,37 @@ class TestDeadlines:
         time.sleep(1)
         assert run_of(api, run_id)["state"] == "rolled_back"
         assert by_key(run_of(api, run_id))["server/w-0"]["state"] == "rolled_back"
+
+
+class TestReask:
+    def test_a_step_whose_progress_is_lost_is_asked_again_and_the_run_succeeds_before_its_timeout(
+        self, lifecycle: tuple[str, FakeDomains, str], api: httpx.Client, fake: FakeDomains
+    ) -> None:
+        plan_id = create(api, servers_plan(2))
+        fake.rules[plan_id] = lambda action, key: "lose" if key == "server/w-1" else "succeed"
+        run_id = start(api, plan_id)
+        # The step timeout is 600 s: a run that ends within this wait did not wait it out.
+        run = ended(api, run_id, timeout=60)
+        assert run["state"] == "succeeded", run["message"]
+        assert fake.keys(plan_id) == graph_keys(servers_plan(2))
+        # asked once and done once; asked again under the same dispatch id
+        first = [c for c in fake.of(run_id) if c.key == "server/w-1"]
+        assert len(first) == 1
+        again = [c for c in fake.repeated if c.run_id == run_id and c.key == "server/w-1"]
+        assert again
+        assert {c.dispatch_id for c in again} == {first[0].dispatch_id}
+
+        async def reasks() -> dict[str, int]:
+            conn = await asyncpg.connect(lifecycle[2])
+            try:
+                rows = await conn.fetch(
+                    "SELECT key, reasks FROM planner.run_steps WHERE run_id = $1", uuid.UUID(run_id)
+                )
+                return {r["key"]: r["reasks"] for r in rows}
+            finally:
+                await conn.close()
+
+        assert asyncio.run(reasks())["server/w-1"] >= 1
 
 
 class TestHoldAndResume:
@@ -601,7 +657,7 @@ class TestCommandLine:
 class TestLedgerMigration:
     async def test_the_ledger_is_filled_from_the_runs_before_it(self, pg_conn: asyncpg.Connection) -> None:
         schema = f"mig_{uuid.uuid4().hex[:8]}"
-        every = discover(SHARED_MIGRATIONS, Path(runs.__file__).parent / "migrations")
+        every = discover(SHARED_MIGRATIONS, Path(planner.__file__).parent / "migrations")
         before = [m for m in every if not m.version.startswith("service/0004")]
         assert len(before) == len(every) - 1
         await migrate(pg_conn, schema, before)
@@ -659,7 +715,7 @@ class TestOrdering:
     def test_removal_order_reverses_the_dependencies_through_keys_that_stay(self) -> None:
         graph = compile_plan(validate_plan(web_plan(3)))
         keys = {k for k in graph.steps if k.endswith(("web-1", "web-2", "web-1/data", "web-2/data"))}
-        after = destroy_after(keys, [graph], {})
+        after = destroy_after(keys, [graph], {}).after
         order = destroy_order(after)
         assert set(order) == keys
         for key in order:
@@ -674,5 +730,5 @@ class TestOrdering:
 
     def test_keys_no_version_explains_are_ordered_by_kind(self) -> None:
         kinds = {"server/x-1": "server", "member/lb/x-1": "member", "volume/x-1/d": "volume"}
-        order = destroy_order(destroy_after(set(kinds), [], kinds))
+        order = destroy_order(destroy_after(set(kinds), [], kinds).after)
         assert order == ["member/lb/x-1", "server/x-1", "volume/x-1/d"]

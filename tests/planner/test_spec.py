@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from services.planner.spec import InvalidPlan, Plan, PlanError, json_path, plan_json_schema, validate_plan
+from services.planner.plans.spec import InvalidPlan, Plan, PlanError, json_path, plan_json_schema, validate_plan
 
 # jsonschema ships no type information and mypy has no override for it (as in tests/deploy/test_helm.py)
 jsonschema: Any = importlib.import_module("jsonschema")

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from services.cli import app
 from services.cli.infra import drop_database, ensure_database, free_port
 from services.cli.processes import ServiceProcess
-from services.planner.preview import ensure_preview_current
+from services.planner.previews.service import ensure_preview_current
 from services.planner.settings import PlannerSettings
 from shared.cloud import plan_tag
 from shared.config import AuthStrategy

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from services.planner.compiler import Graph, Step, compile_plan
-from services.planner.spec import validate_plan
+from services.planner.plans.compiler import Graph, Step, compile_plan
+from services.planner.plans.spec import validate_plan
 from shared.cloud import CloudError
 from shared.events import REGISTRY
 from shared.events.envelope import decode, encode_headers, encode_value, kafka_headers

@@ -9,48 +9,12 @@ from functools import cached_property
 from typing import Any
 from uuid import UUID
 
-from services.planner.compiler import Graph, Step, compile_plan
-from services.planner.spec import InvalidPlan, Plan, PlanError, validate_plan
-from shared import auth
+from services.planner.plans.compiler import Graph, Step, compile_plan
+from services.planner.plans.spec import InvalidPlan, Plan, PlanError, validate_plan
 from shared.errors import Conflict, InvalidInput, NotFound
-from shared.topics import DOMAINS
-
-#: Services that answer a self-check probe (every service but the planner, which sends it).
-PROBE_TARGETS = tuple(d for d in DOMAINS if d != "planner")
-
-
-def check_targets(targets: list[str] | None) -> list[str]:
-    if not targets:
-        return list(PROBE_TARGETS)
-    unknown = sorted(set(targets) - set(PROBE_TARGETS))
-    if unknown:
-        raise InvalidInput(
-            f"unknown probe target(s) {', '.join(unknown)}; choose from {', '.join(PROBE_TARGETS)}",
-            field="targets",
-        )
-    return sorted(set(targets), key=targets.index)
-
-
-@dataclass(frozen=True)
-class ProbeStatus:
-    probe_id: UUID
-    targets: list[str]
-    count: int
-    answered: dict[str, int]
-
-    @property
-    def complete(self) -> bool:
-        return all(self.answered.get(t, 0) >= self.count for t in self.targets)
-
-    @property
-    def missing(self) -> list[str]:
-        return [t for t in self.targets if self.answered.get(t, 0) < self.count]
-
 
 # --- plans -----------------------------------------------------------------------------------------
 
-#: The project of a noauth request that names none (shared/auth.py: with Keystone, the token's project).
-DEFAULT_PROJECT = auth.DEFAULT_PROJECT
 
 #: The most steps one plan may compile to. The spec bounds each group (count <= 1000) but not the number
 #: of groups, so without this a 1 MiB document could ask for millions of steps and exhaust the planner.

@@ -1,29 +1,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel, Field
 
-from services.planner.domain import CheckedPlan, PlanRecord, PlanVersion
-from services.planner.runs import Run
-
-
-class ProbeRequest(BaseModel):
-    targets: list[str] | None = Field(
-        default=None, description="Services that must answer; all domain services when omitted"
-    )
-    count: int = Field(default=1, ge=1, le=10000, description="Commands sent to each target")
-
-
-class ProbeView(BaseModel):
-    probe_id: UUID
-    targets: list[str]
-    count: int
-    answered: dict[str, int]
-    complete: bool
-    missing: list[str]
+from services.planner.plans.domain import CheckedPlan, PlanRecord, PlanVersion
 
 
 class PlanVersionView(BaseModel):
@@ -129,78 +112,3 @@ class PlanInvalidView(BaseModel):
     error: str = "PlanInvalid"
     detail: str
     errors: list[PlanErrorView]
-
-
-class RunRequest(BaseModel):
-    action: Literal["apply", "destroy"] = "apply"
-    version: int | None = Field(default=None, ge=1, description="Plan version; the latest when absent")
-    preview_id: UUID | None = Field(
-        default=None,
-        description="Apply exactly what this preview (POST /v1/plans/{id}/preview) showed: refused (409) when "
-        "the plan or the cloud changed since, or when one of its checks fails",
-    )
-    force: bool = Field(
-        default=False, description="Start even though the preview's checks fail (it must still be current)"
-    )
-
-
-class ResumeRequest(BaseModel):
-    version: int | None = Field(
-        default=None, ge=1, description="Plan version to continue with; the run's own version when absent"
-    )
-
-
-class RunStepView(BaseModel):
-    key: str
-    action: str = Field(description="apply, or destroy: a removal (scale-in, destroy run) or a rollback")
-    rollback: bool = Field(description="True when the step undoes what this run created (on_failure: rollback)")
-    service: str
-    kind: str
-    path: str
-    state: str
-    message: str
-    outputs: dict[str, Any]
-    error: dict[str, Any] | None
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
-class RunView(BaseModel):
-    id: UUID
-    plan_id: UUID
-    plan_version: int
-    action: str
-    state: str = Field(
-        description="running, cancelling or rolling_back while in progress; then succeeded, failed (a held "
-        "failure, or a rollback that could not undo everything), cancelled or rolled_back"
-    )
-    on_failure: str = Field(description="rollback or hold: what the run does when a step fails")
-    resumed: int = Field(description="How many times the run was resumed")
-    preview_id: UUID | None = Field(default=None, description="The preview the run was started from")
-    message: str
-    created_at: datetime
-    finished_at: datetime | None
-    counts: dict[str, int]
-    steps: list[RunStepView]
-
-    @classmethod
-    def of(cls, run: Run) -> RunView:
-        return cls(
-            id=run.id,
-            plan_id=run.plan_id,
-            plan_version=run.plan_version,
-            action=run.action,
-            state=run.state,
-            on_failure=run.on_failure,
-            resumed=run.resumed,
-            preview_id=run.preview_id,
-            message=run.message,
-            created_at=run.created_at,
-            finished_at=run.finished_at,
-            counts=run.counts,
-            steps=[RunStepView(**vars(s)) for s in run.steps],
-        )
-
-
-class RunList(BaseModel):
-    runs: list[RunView]

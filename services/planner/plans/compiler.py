@@ -16,7 +16,7 @@ import graphlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.planner.spec import Plan
+from services.planner.plans.spec import Plan
 from shared.events.kinds import (
     FloatingIpParams,
     HealthMonitorParams,

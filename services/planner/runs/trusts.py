@@ -23,6 +23,7 @@ import asyncpg
 import httpx
 import structlog
 
+from services.planner.runs import repository
 from shared.auth import KEYSTONE_TIMEOUT_SECONDS, TOKEN_HEADER, Caller, Forbidden, v3_url
 from shared.config import AuthStrategy, ServiceSettings
 from shared.errors import DependencyUnavailable
@@ -143,22 +144,16 @@ class Delegation:
         """Delete the trusts of runs that ended (and of runs resumed with a new trust); returns how many."""
         if not self.enabled or not self.settings.service_cloud:
             return 0
-        rows = await pool.fetch(
-            "SELECT id, trust_id FROM runs WHERE trust_id IS NOT NULL AND finished_at IS NOT NULL LIMIT 100"
-        )
-        old = await pool.fetch("SELECT trust_id FROM retired_trusts LIMIT 100")
+        rows = await repository.ended_run_trusts(pool)
+        old = await repository.retired_trusts(pool)
         done = 0
         for row in rows:
             if await self.revoke(row["trust_id"]):
-                await pool.execute(
-                    "UPDATE runs SET trust_id = NULL WHERE id = $1 AND trust_id = $2 AND finished_at IS NOT NULL",
-                    row["id"],
-                    row["trust_id"],
-                )
+                await repository.forget_run_trust(pool, row["id"], row["trust_id"])
                 done += 1
-        for row in old:
-            if await self.revoke(row["trust_id"]):
-                await pool.execute("DELETE FROM retired_trusts WHERE trust_id = $1", row["trust_id"])
+        for trust_id in old:
+            if await self.revoke(trust_id):
+                await repository.forget_retired_trust(pool, trust_id)
                 done += 1
         return done
 

@@ -5,66 +5,30 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from services.planner import repository
-from services.planner.domain import (
+from services.planner.plans import repository
+from services.planner.plans.domain import (
     CheckedPlan,
     PlanNameTaken,
     PlanNotFound,
     PlanRecord,
     PlanVersion,
     PlanVersionNotFound,
-    ProbeStatus,
     check_plan,
     check_same_name,
-    check_targets,
 )
-from shared.bus import make_outbox_row, write_outbox
-from shared.errors import NotFound
-from shared.events.platform import RunProbeV1
-from shared.topics import commands_topic
 
 SOURCE = "/dcostack/planner"
 
 
-async def start_probe(pool: asyncpg.Pool, targets: list[str] | None, count: int) -> ProbeStatus:
-    """Record a probe and send ``count`` RunProbeV1 commands to each target, in one transaction."""
-    chosen = check_targets(targets)
-    probe_id = uuid.uuid4()
-    now = datetime.now(UTC)
-    rows = [
-        make_outbox_row(
-            RunProbeV1(probe_id=probe_id, seq=seq, target=target, requested_at=now),
-            source=SOURCE,
-            topic=commands_topic(target),
-            key=str(probe_id),
-            subject=str(probe_id),
-            correlation_id=str(probe_id),
-        )
-        for target in chosen
-        for seq in range(count)
-    ]
-    async with pool.acquire() as conn, conn.transaction():
-        await repository.insert_probe(conn, probe_id, chosen, count)
-        await write_outbox(conn, rows)
-    return ProbeStatus(probe_id, chosen, count, {})
-
-
-async def probe_status(pool: asyncpg.Pool, probe_id: UUID) -> ProbeStatus:
-    row = await repository.get_probe(pool, probe_id)
-    if row is None:
-        raise NotFound(f"probe {probe_id} not found; start one with POST /v1/probes", probe_id=probe_id)
-    return ProbeStatus(probe_id, list(row["targets"]), row["count"], await repository.count_replies(pool, probe_id))
-
-
 # --- plans -----------------------------------------------------------------------------------------
-# Plan changes publish no events yet: nothing consumes them before plan runs exist, and an event type is
-# a contract kept for good, so it is added with its first consumer.
+# Plan changes publish no events: nothing consumes them, and an event type is a contract kept for good,
+# so it is added with its first consumer. (Runs publish RunChangedV2.)
 
 
 def _record(row: asyncpg.Record) -> PlanRecord:
@@ -150,6 +114,22 @@ async def get_plan(
     return plan, _version(row)
 
 
+@dataclass(frozen=True)
+class Subject:
+    """A plan version read and compiled once, handed on from one use case to the next (a run's start hands
+    it to the preview it checks, so neither reads nor compiles the plan again)."""
+
+    plan: PlanRecord
+    version: PlanVersion
+    checked: CheckedPlan
+
+
+async def read_checked(pool: asyncpg.Pool, project_id: str, plan_id: UUID, version: int | None = None) -> Subject:
+    """The plan and one of its versions (the latest unless ``version``), compiled; 404 when either is missing."""
+    plan, found = await get_plan(pool, project_id, plan_id, version)
+    return Subject(plan, found, await check_document(found.document))
+
+
 async def list_versions(pool: asyncpg.Pool, project_id: str, plan_id: UUID) -> tuple[PlanRecord, list[PlanVersion]]:
     plan = await _plan(pool, project_id, plan_id)
     return plan, [_version(r) for r in await repository.list_versions(pool, plan_id)]
@@ -158,8 +138,8 @@ async def list_versions(pool: asyncpg.Pool, project_id: str, plan_id: UUID) -> t
 async def delete_plan(pool: asyncpg.Pool, project_id: str, plan_id: UUID) -> None:
     """Soft-delete the plan record: its versions stay in the database, its name is free again.
 
-    A plan with runs will be refused once runs exist; none exist yet, so every plan may be deleted.
-    Nothing in the cloud is touched: destroying what a plan built is a run, not a delete.
+    Its runs stay readable (they are listed by plan id). Nothing in the cloud is touched: destroying what a
+    plan built is a destroy run, not a delete.
     """
     async with pool.acquire() as conn, conn.transaction():
         if not await repository.soft_delete_plan(conn, project_id, plan_id):

@@ -1,0 +1,23 @@
+"""HTTP request and response models of the self-check."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from pydantic import BaseModel, Field
+
+
+class ProbeRequest(BaseModel):
+    targets: list[str] | None = Field(
+        default=None, description="Services that must answer; all domain services when omitted"
+    )
+    count: int = Field(default=1, ge=1, le=10000, description="Commands sent to each target")
+
+
+class ProbeView(BaseModel):
+    probe_id: UUID
+    targets: list[str]
+    count: int
+    answered: dict[str, int]
+    complete: bool
+    missing: list[str]
