@@ -192,8 +192,8 @@ class TestOrders:
 
 
 class TestReplacesThePlannerTables:
-    """The tables the planner repeats today (runs.KIND_ORDER, preview._DELETE_ORDER, preview._KEY_PREFIX,
-    preview.quota_taken), as they are at 0f689ef; the derived ones must agree where it matters."""
+    """The tables the planner repeated before they were derived (runs.KIND_ORDER, preview._DELETE_ORDER,
+    preview._KEY_PREFIX, preview.quota_taken), as they were at 0f689ef; the derived ones must agree."""
 
     KIND_ORDER = (
         "network",

@@ -12,9 +12,7 @@ from services.planner.plans.compiler import Graph, Step
 from services.planner.plans.spec import Plan
 from services.planner.previews.diff import Catalog, Diff
 from services.planner.previews.live import Live
-
-#: Neutron gives every new security group two egress rules (IPv4, IPv6); they count against the quota.
-DEFAULT_RULES_PER_GROUP = 2
+from shared.events.kinds import quota_cost
 
 Status = Literal["passed", "failed", "not_run"]
 
@@ -75,34 +73,6 @@ QUOTAS = [
     ("security_groups", "network", "security groups", ""),
     ("security_group_rules", "network", "security group rules", ""),
 ]
-_ONE_OF = {
-    "network": "networks",
-    "router": "routers",
-    "floating_ip": "floating_ips",
-    "server_group": "server_groups",
-    "security_group_rule": "security_group_rules",
-}
-
-
-def quota_taken(kind: str, params: dict[str, Any], flavor: dict[str, Any]) -> Counter[str]:
-    """What one resource counts against each quota (``flavor``: a server's vcpus and ram_mb)."""
-    out: Counter[str] = Counter()
-    if kind == "server":
-        out.update(instances=1, cores=int(flavor.get("vcpus") or 0), ram_mb=int(flavor.get("ram_mb") or 0))
-        out["ports"] = len(params.get("networks") or []) or 1
-    elif kind == "volume":
-        out.update(volumes=1, gigabytes=int(params.get("size_gb") or 0))
-    elif kind == "subnet":
-        out.update(subnets=1, ports=1)  # its DHCP port
-    elif kind == "router_interface":
-        out["ports"] = 1
-    elif kind == "load_balancer":
-        out.update(load_balancers=1, ports=1)  # its VIP port
-    elif kind == "security_group":
-        out.update(security_groups=1, security_group_rules=DEFAULT_RULES_PER_GROUP)
-    elif kind in _ONE_OF:
-        out[_ONE_OF[kind]] = 1
-    return out
 
 
 class Checker:
@@ -139,7 +109,7 @@ class Checker:
         taken: dict[str, list[tuple[str, int]]] = defaultdict(list)  # quota → (plan path, amount) per created step
         for s in self.created:
             flavor = self._flavor_of(s) if s.kind == "server" else {}
-            for key, n in quota_taken(s.kind, s.params, flavor).items():
+            for key, n in quota_cost(s.kind, s.params, flavor).items():
                 suffix = ".count" if s.kind == "server" else ".size_gb" if key == "gigabytes" else ""
                 taken[key].append((s.path + suffix, n))
         given: Counter[str] = Counter()
@@ -148,7 +118,7 @@ class Checker:
             old = self.diff.deleted_steps.get(e.key)
             params = dict(old.params) if old else {}
             params.setdefault("size_gb", (resource.get("fields") or {}).get("size_gb"))
-            given.update(quota_taken(e.kind, params, resource))
+            given.update(quota_cost(e.kind, params, resource))
         out = []
         for key, source, label, unit in QUOTAS:
             name = f"quota: {label}"

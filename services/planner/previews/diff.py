@@ -13,6 +13,7 @@ from uuid import UUID
 from services.planner.plans.compiler import Graph, Step
 from services.planner.previews.live import Live
 from shared.cloud import step_tag
+from shared.events.kinds import PREFIX_BY_NAME, Kind, delete_rank
 
 Action = Literal["create", "change", "delete", "unchanged"]
 
@@ -33,21 +34,6 @@ class DiffEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-#: Step-key prefix of each kind (compiler.py), to read a key back from a display name.
-_KEY_PREFIX = {
-    "network": "network",
-    "subnet": "subnet",
-    "router": "router",
-    "security_group": "security-group",
-    "load_balancer": "load-balancer",
-    "listener": "listener",
-    "pool": "pool",
-    "health_monitor": "health-monitor",
-    "floating_ip": "floating-ip",
-    "object_container": "container",
-}
 
 
 class Catalog:
@@ -177,8 +163,8 @@ def _key_of(resource: dict[str, Any], tags: dict[str, str], plan_id: UUID) -> st
         return None
     name = resource.get("name") or ""
     prefix = f"dcs-{str(plan_id)[:8]}-"
-    if kind in _KEY_PREFIX and name.startswith(prefix):
-        guess = f"{_KEY_PREFIX[kind]}/{name.removeprefix(prefix)}"
+    if kind in PREFIX_BY_NAME and name.startswith(prefix):
+        guess = f"{PREFIX_BY_NAME[Kind(kind)]}/{name.removeprefix(prefix)}"
         if mark is None or step_tag(guess) == mark:
             return guess
     return None
@@ -227,7 +213,7 @@ def compute_diff(plan_id: UUID, graph: Graph, history: dict[str, Step], live: Li
     deleted_steps: dict[str, Step] = {}
     gone = [(k, v) for k, v in by_key.items() if k not in graph.steps]
     gone += [(f"{r['kind'].replace('_', '-')}:{r.get('id')}", (svc, r)) for svc, r in unkeyed]
-    for key, (svc, resource) in sorted(gone, key=lambda item: _DELETE_ORDER.get(item[1][1]["kind"], 0)):
+    for key, (svc, resource) in sorted(gone, key=lambda item: delete_rank(item[1][1]["kind"])):
         old = history.get(key)
         if old is not None:
             deleted_steps[key] = old
@@ -244,30 +230,3 @@ def compute_diff(plan_id: UUID, graph: Graph, history: dict[str, Step], live: Li
             )
         )
     return Diff(entries, {k: r for k, (_, r) in by_key.items()}, deleted_steps)
-
-
-#: Deletes are listed in the order a destroy would take them: dependents first.
-_DELETE_ORDER = {
-    k: i
-    for i, k in enumerate(
-        [
-            "health_monitor",
-            "member",
-            "pool",
-            "listener",
-            "load_balancer",
-            "floating_ip",
-            "volume_attachment",
-            "server",
-            "server_group",
-            "volume",
-            "object_container",
-            "security_group_rule",
-            "security_group",
-            "router_interface",
-            "router",
-            "subnet",
-            "network",
-        ]
-    )
-}

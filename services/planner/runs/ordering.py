@@ -9,27 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from services.planner.plans.compiler import Graph
-
-#: Creation order of kinds, for ordering the removal of a resource no compiled version explains.
-KIND_ORDER = (
-    "network",
-    "subnet",
-    "router",
-    "router_interface",
-    "security_group",
-    "security_group_rule",
-    "volume",
-    "object_container",
-    "server_group",
-    "server",
-    "volume_attachment",
-    "floating_ip",
-    "load_balancer",
-    "listener",
-    "pool",
-    "member",
-    "health_monitor",
-)
+from shared.events.kinds import creation_rank
 
 
 def collapse(after: Mapping[str, Iterable[str]], keep: set[str]) -> dict[str, set[str]]:
@@ -107,11 +87,10 @@ def destroy_after(keys: set[str], graphs: list[Graph], kinds: Mapping[str, str])
             continue
         merged = candidate
     out = {k: set(v) for k, v in reverse_edges(collapse(merged, keys)).items()}
-    rank = {kind: i for i, kind in enumerate(KIND_ORDER)}
     for lost in sorted(k for k in keys if k not in merged):
-        mine = rank.get(kinds.get(lost, ""), len(rank))
+        mine = creation_rank(kinds.get(lost, ""))
         for other in keys - {lost}:
-            theirs = rank.get(kinds.get(other, ""), len(rank))
+            theirs = creation_rank(kinds.get(other, ""))
             if theirs > mine:
                 out[lost].add(other)
             elif theirs < mine and other in merged:
