@@ -4,7 +4,7 @@ from services.compute.app import create_app
 from services.compute.cloud import ComputeCloud
 from services.compute.handlers import handlers
 from services.compute.settings import ComputeSettings
-from shared.operations import step_workers
+from shared.executor.workers import step_workers
 from shared.runtime import ServiceSpec, run_service
 from shared.topics import commands_topic, events_topic
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from services.compute.cloud import ComputeCloud
-from shared.cloud_api import cloud_read_router
+from shared.executor.reads import cloud_read_router
 
 router = APIRouter()
 router.include_router(

@@ -1,6 +1,6 @@
 """Compute's cloud adapter: Nova server groups, servers and volume attachments.
 
-Every step is looked up by its marks (shared.cloud) before anything is created, so a redelivered
+Every step is looked up by its marks (shared.executor.marks) before anything is created, so a redelivered
 command finds what an earlier attempt made. Other steps' resources (networks, security groups,
 volumes) are found by the marks of the same plan; a missing one is a retriable error naming its step.
 Calls are synchronous: the operation workers run them in a thread.
@@ -19,9 +19,9 @@ import keystoneauth1.exceptions as ksa
 import openstack.exceptions as os_exc
 from cachetools import TTLCache
 
-from shared.cinder import find_marked_volumes, wait_volume
-from shared.cloud import CloudError, Owner, StepWork, plan_tag, resource_name, step_tag
-from shared.cloud_errors import translate_sdk_error
+from shared.executor.cinder import find_marked_volumes, wait_volume
+from shared.executor.errors import COMPUTE_HINTS, CloudError, translate_sdk_error
+from shared.executor.marks import Owner, StepWork, plan_tag, resource_name, step_tag
 
 Progress = Callable[[str], None]
 
@@ -31,18 +31,15 @@ CAPACITY_HINT = "pick a smaller flavor or free capacity"
 #: workers. Measured with 100 servers in devcloud (4 nova-api workers, busy): 14.6 s as one listing, 4.9 s
 #: in these 11 slices at once.
 _NAME_SLICES = [f"{digit}$" for digit in range(10)] + ["[^0-9]$"]
-# Nova reports a 409 while a server is busy ("Cannot 'attach_volume' instance ... while it is in
-# task_state ..."), Cinder while a volume is in-use or attaching: waiting and trying again helps.
 #: How long a flavor or image found by name is reused (``ComputeCloud._cached``).
 CATALOG_CACHE_SECONDS = 60.0
 _CATALOG: weakref.WeakKeyDictionary[Any, TTLCache[tuple[str, str], Any]] = weakref.WeakKeyDictionary()
 _CATALOG_LOCK = threading.Lock()
-_STATE_CONFLICT = ("task_state", "vm_state", "in-use", "in use", "while it is in", "status must be", "locked")
 
 
 def translate(exc: BaseException, work: StepWork) -> CloudError:
     """An openstacksdk/keystoneauth failure as a CloudError with the cloud's own message."""
-    return translate_sdk_error(exc, work, _STATE_CONFLICT)
+    return translate_sdk_error(exc, work, COMPUTE_HINTS)
 
 
 class ComputeCloud:

@@ -4,7 +4,7 @@ from services.network.app import create_app
 from services.network.cloud import NetworkCloud
 from services.network.handlers import handlers
 from services.network.settings import NetworkSettings
-from shared.operations import step_workers
+from shared.executor.workers import step_workers
 from shared.runtime import ServiceSpec, run_service
 from shared.topics import commands_topic, events_topic
 

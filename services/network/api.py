@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.network.cloud import NetworkCloud
-from shared.cloud_api import cloud_read_router
+from shared.executor.reads import cloud_read_router
 
 router = cloud_read_router(
     "network",

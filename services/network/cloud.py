@@ -1,7 +1,7 @@
 """The network service's OpenStack adapter: Neutron (networks, subnets, routers, security groups,
 floating IPs) and Octavia (load balancers, listeners, pools, members, health monitors).
 
-Every resource is created with the marks of ``shared.cloud`` and looked up by them first, so a
+Every resource is created with the marks of ``shared.executor.marks`` and looked up by them first, so a
 redelivered step finds what it already made. References between steps are plan-level names; they are
 resolved by the marks of the same plan. Calls are synchronous: callers run them in a thread.
 """
@@ -14,100 +14,37 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import keystoneauth1.exceptions as ks_exc
 import openstack.exceptions as os_exc
 
-from shared.cloud import CloudError, StepWork, plan_tag, step_tag
+from shared.executor.errors import (
+    IMMUTABLE_HINT,
+    NETWORK_HINTS,
+    SDK_ERRORS,
+    CloudError,
+    cloud_message,
+    translate_sdk_error,
+)
+from shared.executor.marks import StepWork, plan_tag, step_tag
 
 Progress = Callable[[str], None]
 
-QUOTA_HINT = "raise the project's quota or lower the plan's count"
-OVERLAP_HINT = "choose a CIDR that overlaps none of the project's other subnets on the same router or network"
-IN_USE_HINT = "the address is taken; choose another CIDR or free the port that holds it"
-#: Octavia refuses changes while a load balancer is PENDING_*; it settles within seconds.
-IMMUTABLE_HINT = "the load balancer is busy with another change; retrying after it settles will succeed"
-
-#: What the SDK and keystoneauth raise; anything else is a bug in this module and propagates as it is.
-_CLOUD_ERRORS = (os_exc.SDKException, ks_exc.ClientException, ConnectionError)
 #: Octavia's statuses of an object that is gone or going.
 _GONE = {"DELETED", "PENDING_DELETE"}
 #: Listener and pool protocols that Octavia accepts for each listener protocol.
 _POOL_PROTOCOL = {"HTTP": "HTTP", "HTTPS": "HTTPS", "TCP": "TCP", "UDP": "UDP"}
 
 
-def _details(exc: os_exc.HttpException) -> str:
-    """The cloud's own words: Neutron's NeutronError.message, Octavia's faultstring, Nova's message."""
-    response = getattr(exc, "response", None)
-    if response is not None:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if isinstance(body, dict):
-            for value in [body, *body.values()]:
-                if isinstance(value, dict):
-                    for key in ("message", "faultstring", "detail"):
-                        if isinstance(value.get(key), str) and value[key]:
-                            return str(value[key])
-    if exc.details:
-        return str(exc.details)
-    return str(exc.message or exc)
-
-
-def translate(exc: Exception, work: StepWork | None) -> CloudError:
-    """Turn an openstacksdk/keystoneauth failure into a CloudError with the cloud's message, its HTTP
-    status, a hint the user can act on and whether retrying may help. ``work`` is None for reads."""
-    if isinstance(exc, CloudError):
-        return exc
-    what = f"{work.kind} at {work.path}" if work is not None else "reading from the cloud"
-    if isinstance(exc, os_exc.HttpException):
-        status = exc.status_code
-        message = _details(exc)
-        low = message.lower()
-        hint, retriable = "", False
-        if "quota" in low and any(w in low for w in ("exceed", "has been met")):
-            hint = QUOTA_HINT
-        elif "overlap" in low:
-            hint = OVERLAP_HINT
-        elif status == 409 and ("already allocated" in low or ("ip address" in low and "in use" in low)):
-            hint = IN_USE_HINT
-        elif status == 409 and ("immutable" in low or "pending_" in low):
-            hint, retriable = IMMUTABLE_HINT, True
-        elif status == 409 and any(w in low for w in ("in use", "in_use", "still has")):
-            hint, retriable = "something else still uses it (ports, interfaces); it may be going away", True
-        elif status == 409 and ("already" in low or "duplicate" in low):
-            hint = "another resource already holds this value; change it in the plan or remove the other one"
-        elif status is None or status >= 500:
-            hint, retriable = "the cloud failed; retrying may succeed", True
-        elif status == 401:
-            hint = "the cloud refused the credentials; check clouds.yaml"
-        elif status == 403:
-            hint = "the project's role does not allow this; ask an operator for the right role or policy"
-        elif status == 404:
-            hint = "it was deleted outside DCOSTACK or the name is wrong"
-        elif status == 400:
-            hint = f"the cloud rejected the request for {what}; fix the plan's values"
-        return CloudError(message, hint=hint, retriable=retriable, http_status=status)
-    if isinstance(exc, os_exc.ResourceTimeout):
-        return CloudError(f"{what}: {exc}", hint="the cloud is slow; retrying may succeed", retriable=True)
-    if isinstance(exc, os_exc.ResourceFailure):
-        return CloudError(f"{what}: {exc}", hint="the cloud put the resource in ERROR; see its status")
-    if isinstance(exc, ks_exc.ConnectionError | ConnectionError):
-        return CloudError(f"{what}: cannot reach the cloud: {exc}", hint="the API is unreachable", retriable=True)
-    if isinstance(exc, ks_exc.http.HttpError):
-        status = getattr(exc, "http_status", None)
-        retriable = status is None or status >= 500
-        return CloudError(f"{what}: {exc}", http_status=status, retriable=retriable)
-    if isinstance(exc, ks_exc.ClientException | os_exc.SDKException):
-        return CloudError(f"{what}: {exc}")
-    return CloudError(f"{what}: {type(exc).__name__}: {exc}")
+def translate(exc: BaseException, work: StepWork | None) -> CloudError:
+    """An openstacksdk/keystoneauth failure as a CloudError (Neutron's and Octavia's hints); ``work`` is
+    None for reads."""
+    return translate_sdk_error(exc, work, NETWORK_HINTS)
 
 
 @contextlib.contextmanager
 def _reading() -> Iterator[None]:
     try:
         yield
-    except _CLOUD_ERRORS as exc:
+    except SDK_ERRORS as exc:
         raise translate(exc, None) from exc
 
 
@@ -141,7 +78,7 @@ class NetworkCloud:
         try:
             out: dict[str, Any] = handler(work, progress)
             return out
-        except _CLOUD_ERRORS as exc:
+        except SDK_ERRORS as exc:
             raise translate(exc, work) from exc
 
     def destroy(self, work: StepWork, progress: Progress) -> bool:
@@ -156,7 +93,7 @@ class NetworkCloud:
             return done
         except os_exc.NotFoundException:
             return False  # it went away between the lookup and the delete
-        except _CLOUD_ERRORS as exc:
+        except SDK_ERRORS as exc:
             raise translate(exc, work) from exc
 
     # -- read helpers for the HTTP API ----------------------------------------------------------
@@ -255,7 +192,7 @@ class NetworkCloud:
                 if lb.provisioning_status not in _GONE
             )
             out["load_balancers"] = {"limit": None if limit is None or int(limit) < 0 else int(limit), "used": used}
-        except _CLOUD_ERRORS as exc:
+        except SDK_ERRORS as exc:
             unreadable["load_balancers"] = translate(exc, None).message
         if unreadable:
             out["unreadable"] = unreadable
@@ -275,7 +212,7 @@ class NetworkCloud:
             try:
                 availability = self.conn.network.get_network_ip_availability(n.id)
                 entry["free_ips"] = int(availability.total_ips) - int(availability.used_ips)
-            except _CLOUD_ERRORS as exc:
+            except SDK_ERRORS as exc:
                 entry["free_ips_unreadable"] = (
                     f"Neutron's network IP availability is not readable with the project's role "
                     f"({translate(exc, None).message})"
@@ -776,7 +713,7 @@ class NetworkCloud:
             rule = self.conn.network.create_security_group_rule(**attrs)
         except os_exc.ConflictException as exc:
             # The same rule exists without our mark (Neutron's default egress rules): it is what the plan asks.
-            existing = re.search(r"Rule id is ([0-9a-f-]{36})", _details(exc))
+            existing = re.search(r"Rule id is ([0-9a-f-]{36})", cloud_message(exc))
             if existing is None:
                 raise
             progress(f"security group rule {existing.group(1)} already exists in group {group.id}")

@@ -42,8 +42,8 @@ from services.planner.domain import CheckedPlan, PlanInvalid, check_plan
 from services.planner.settings import PlannerSettings
 from services.planner.spec import Plan, PlanError
 from shared.auth import Caller
-from shared.cloud import step_tag
 from shared.errors import Conflict, DependencyUnavailable, NotFound
+from shared.executor.marks import step_tag
 from shared.logging import get_logger
 
 log = get_logger(__name__)

@@ -4,7 +4,7 @@ from services.storage.app import create_app
 from services.storage.cloud import StorageCloud
 from services.storage.handlers import handlers
 from services.storage.settings import StorageSettings
-from shared.operations import step_workers
+from shared.executor.workers import step_workers
 from shared.runtime import ServiceSpec, run_service
 from shared.topics import commands_topic, events_topic
 

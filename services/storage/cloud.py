@@ -1,6 +1,6 @@
 """Storage's cloud adapter: Cinder volumes and Swift containers.
 
-Volumes carry the metadata marks of shared.cloud; containers are found by their name
+Volumes carry the metadata marks of shared.executor.marks; containers are found by their name
 ``resource_name(plan_id, name)`` and carry the same marks as container metadata (``X-Container-Meta-``
 headers, with ``-`` for ``_`` because header names with ``_`` are dropped on the way to Swift).
 Calls are synchronous: the operation workers run them in a thread.
@@ -15,20 +15,16 @@ from typing import Any
 import keystoneauth1.exceptions as ksa
 import openstack.exceptions as os_exc
 
-from shared.cinder import find_marked_volumes, wait_volume
-from shared.cloud import CloudError, StepWork, resource_name, step_tag
-from shared.cloud_errors import translate_sdk_error
+from shared.executor.cinder import find_marked_volumes, wait_volume
+from shared.executor.errors import STORAGE_HINTS, CloudError, translate_sdk_error
+from shared.executor.marks import StepWork, resource_name, step_tag
 
 Progress = Callable[[str], None]
-
-# Cinder answers 409/400 while a volume is attaching, detaching or in-use; Swift 409 while a
-# container still lists objects that were just deleted (its listings are eventually consistent).
-_STATE_CONFLICT = ("in-use", "in use", "status must be", "attach", "detach", "task_state", "conflict")
 
 
 def translate(exc: BaseException, work: StepWork) -> CloudError:
     """An openstacksdk/keystoneauth failure as a CloudError with the cloud's own message."""
-    return translate_sdk_error(exc, work, _STATE_CONFLICT)
+    return translate_sdk_error(exc, work, STORAGE_HINTS)
 
 
 def _container_marks(work: StepWork) -> dict[str, str]:

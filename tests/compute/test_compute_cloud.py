@@ -16,7 +16,8 @@ import pytest
 import requests
 
 from services.compute.cloud import ComputeCloud, translate
-from shared.cloud import CloudError, Owner, StepWork, plan_tag, step_tag
+from shared.executor.errors import CloudError
+from shared.executor.marks import Owner, StepWork, plan_tag, step_tag
 from tests.fixtures.openstack import Cleanup, CloudUnderTest, Progress
 
 pytestmark = pytest.mark.devcloud

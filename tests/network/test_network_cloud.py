@@ -16,10 +16,11 @@ import openstack
 import pytest
 import requests
 
-from services.network.cloud import IMMUTABLE_HINT, IN_USE_HINT, OVERLAP_HINT, QUOTA_HINT, NetworkCloud, translate
+from services.network.cloud import NetworkCloud, translate
 from services.planner.compiler import Step, compile_plan
 from services.planner.spec import validate_plan
-from shared.cloud import CloudError, Owner, StepWork, plan_tag, resource_name, step_tag
+from shared.executor.errors import IMMUTABLE_HINT, IN_USE_HINT, OVERLAP_HINT, QUOTA_HINT, CloudError
+from shared.executor.marks import Owner, StepWork, plan_tag, resource_name, step_tag
 from tests.fixtures.openstack import CloudUnderTest
 
 pytestmark = pytest.mark.devcloud

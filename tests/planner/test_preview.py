@@ -21,7 +21,7 @@ from services.cli.processes import DEFAULT_PORTS
 from services.planner.domain import check_plan
 from services.planner.preview import Catalog, Checker, Live, compute_diff
 from services.planner.settings import PlannerSettings
-from shared.cloud import step_tag
+from shared.executor.marks import step_tag
 from tests.fixtures.platform import Platform
 
 PLAN_ID = uuid.UUID("12345678-aaaa-bbbb-cccc-123456789abc")

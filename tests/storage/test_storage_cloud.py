@@ -11,7 +11,8 @@ import pytest
 import requests
 
 from services.storage.cloud import StorageCloud, translate
-from shared.cloud import CloudError, Owner, StepWork
+from shared.executor.errors import CloudError
+from shared.executor.marks import Owner, StepWork
 from tests.fixtures.openstack import Cleanup, CloudUnderTest, Progress
 
 pytestmark = pytest.mark.devcloud

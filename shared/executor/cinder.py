@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shared.cloud import CloudError
+from shared.executor.errors import CloudError
 
 
 def find_marked_volumes(conn: Any, plan_id: str, step_key: str) -> list[Any]:
