@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from services.storage.app import create_app
-from services.storage.cloud import StorageCloud
+from services.storage.cloud import OpenStackStorageCloud
 from services.storage.handlers import handlers
 from services.storage.settings import StorageSettings
 from shared.executor.workers import step_workers
@@ -16,7 +16,7 @@ SPEC = ServiceSpec(
     consumes=[commands_topic("storage")],
     owns_topics=[commands_topic("storage"), events_topic("storage")],
     create_app=create_app,
-    background=[step_workers("storage", StorageCloud)],
+    background=[step_workers("storage", OpenStackStorageCloud)],
 )
 
 
