@@ -1,7 +1,7 @@
-"""Lookups by marks, waits and the translator shared by the network adapter's Neutron steps, Octavia steps
-and reads: every resource is created with the marks of ``shared.executor.marks`` and looked up by them
-first, so a redelivered step finds what it already made. References between steps are plan-level names,
-resolved by the marks of the same plan (``_ref``)."""
+"""Lookups by marks, the wait until a resource is gone, and the translator that the network adapter's
+Neutron steps, Octavia steps and reads share. Every resource is created with the marks of
+``shared.executor.marks`` and looked up by them first, so a redelivered step finds what it already made.
+References between steps are plan-level names, resolved by the marks of the same plan (``_ref``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from shared.executor.errors import (
-    IMMUTABLE_HINT,
     NETWORK_HINTS,
     SDK_ERRORS,
     CloudError,
@@ -137,78 +136,6 @@ class NetworkBase:
 
     # -- waiting ----------------------------------------------------------------------------------
 
-    def _wait_octavia(self, what: str, fetch: Callable[[], Any], lb_id: str, progress: Progress) -> Any:
-        """Poll until the object and its load balancer are both ACTIVE, reporting each transition."""
-
-        def both() -> tuple[Any, Any]:
-            obj = fetch()
-            lb = obj if getattr(obj, "id", None) == lb_id else self.conn.load_balancer.get_load_balancer(lb_id)
-            return obj, lb
-
-        def state(pair: tuple[Any, Any]) -> tuple[str, str]:
-            return pair[0].provisioning_status, pair[1].provisioning_status
-
-        def describe(pair: tuple[Any, Any]) -> str:
-            obj, lb = pair
-            parent = "" if obj is lb else f" (load balancer {lb_id}: {lb.provisioning_status})"
-            return f"{what} {obj.id}: {obj.provisioning_status}{parent}"
-
-        def failed(pair: tuple[Any, Any]) -> CloudError | None:
-            obj, lb = pair
-            if "ERROR" not in state(pair):
-                return None
-            broken = obj if obj.provisioning_status == "ERROR" else lb
-            return CloudError(
-                f"{what} {obj.id}: Octavia set provisioning_status ERROR "
-                f"(load balancer {lb_id} provisioning_status {lb.provisioning_status}, "
-                f"operating_status {broken.operating_status})",
-                hint="Octavia failed to build it; see the Octavia worker log; destroy and apply again",
-                resource_id=obj.id,
-            )
-
-        obj, _ = wait_for_status(
-            both,
-            state=state,
-            done=lambda pair: state(pair) == ("ACTIVE", "ACTIVE"),
-            describe=describe,
-            failed=failed,
-            slow=lambda pair: CloudError(
-                f"{what} {pair[0].id}: still {pair[0].provisioning_status} after {self.timeout:.0f}s "
-                f"(load balancer {pair[1].provisioning_status})",
-                hint="Octavia is slow; retrying will wait again",
-                retriable=True,
-                resource_id=pair[0].id,
-            ),
-            progress=progress,
-            timeout=self.timeout,
-            interval=self.interval,
-        )
-        return obj
-
-    def _wait_lb_settled(self, lb_id: str, progress: Progress) -> Any | None:
-        """Wait until the load balancer is not PENDING_* (Octavia refuses changes meanwhile)."""
-
-        def status(lb: Any | None) -> str:
-            return "DELETED" if lb is None else str(lb.provisioning_status)
-
-        lb = wait_for_status(
-            lambda: self.conn.load_balancer.find_load_balancer(lb_id, ignore_missing=True),
-            state=status,
-            done=lambda lb: not status(lb).startswith("PENDING"),
-            describe=lambda lb: f"load balancer {lb_id}: {status(lb)}",
-            slow=lambda lb: CloudError(
-                f"load balancer {lb_id}: still {status(lb)} after {self.timeout:.0f}s",
-                hint=IMMUTABLE_HINT,
-                retriable=True,
-                resource_id=lb_id,
-            ),
-            progress=progress,
-            timeout=self.timeout,
-            interval=self.interval,
-            quiet_if_ready=True,
-        )
-        return None if status(lb) == "DELETED" else lb
-
     def _wait_gone(self, what: str, fetch: Callable[[], Any | None], progress: Progress) -> None:
         def status(obj: Any | None) -> str | None:
             if obj is None:
@@ -230,24 +157,6 @@ class NetworkBase:
             timeout=self.timeout,
             interval=self.interval,
         )
-
-    # -- Neutron: create, then tag (this Neutron refuses ``tags`` in POST) ------------------------
-
-    def _neutron_find(
-        self, list_call: Callable[..., Iterable[Any]], work: StepWork, name: str, by: str = "name"
-    ) -> Any | None:
-        """By marks; else an untagged one of our display name (``by``: the attribute that carries it),
-        left by a crash between create and tag."""
-        found = _first(list_call(tags=self._marks(work)))
-        if found is None:
-            orphan = _first(r for r in list_call(**{by: work.owner.name(name)}) if not r.tags)
-            if orphan is not None:
-                found = self.conn.network.set_tags(orphan, work.owner.tags)
-        return found
-
-    def _neutron_create(self, create: Callable[..., Any], work: StepWork, **attrs: Any) -> Any:
-        # If tagging fails the resource stays untagged; the next apply adopts it by its display name.
-        return self.conn.network.set_tags(create(**attrs), work.owner.tags)
 
 
 def _step_mark(tags: list[str] | None) -> str | None:

@@ -4,6 +4,7 @@ and rules, floating IPs."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import openstack.exceptions as os_exc
@@ -23,6 +24,24 @@ from shared.executor.models import Progress
 
 class NeutronSteps(NetworkBase):
     """Apply and destroy the Neutron step kinds."""
+
+    # -- Neutron: create, then tag (this Neutron refuses ``tags`` in POST) ------------------------
+
+    def _neutron_find(
+        self, list_call: Callable[..., Iterable[Any]], work: StepWork, name: str, by: str = "name"
+    ) -> Any | None:
+        """By marks; else an untagged one of our display name (``by``: the attribute that carries it),
+        left by a crash between create and tag."""
+        found = _first(list_call(tags=self._marks(work)))
+        if found is None:
+            orphan = _first(r for r in list_call(**{by: work.owner.name(name)}) if not r.tags)
+            if orphan is not None:
+                found = self.conn.network.set_tags(orphan, work.owner.tags)
+        return found
+
+    def _neutron_create(self, create: Callable[..., Any], work: StepWork, **attrs: Any) -> Any:
+        # If tagging fails the resource stays untagged; the next apply adopts it by its display name.
+        return self.conn.network.set_tags(create(**attrs), work.owner.tags)
 
     # -- network, subnet, router, router interface --------------------------------------------------
 
