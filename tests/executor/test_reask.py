@@ -234,3 +234,16 @@ class TestAskedAgain:
         events = await executor.progress(cmd.dispatch_id, 3, "the step's own progress and final event")
         assert [e.state for e in events] == ["running", "running", "succeeded"]
         assert executor.adapter.calls == {"server/web-0": 1}
+
+    async def test_a_finished_destroy_answers_its_outcome_again_and_is_not_run_again(self, executor: Executor) -> None:
+        executor.start()
+        applied = apply_cmd(step_key="server/gone-0")
+        cmd = DestroyStepV1(**applied.model_dump(exclude={"dispatch_id"}), dispatch_id=uuid.uuid4())
+        await executor.send(cmd)
+        done = await executor.progress(cmd.dispatch_id, 1, "the destroy's final event")
+        assert (done[0].state, done[0].outputs) == ("succeeded", {"deleted": False})
+
+        await executor.send(cmd)
+        again = await executor.progress(cmd.dispatch_id, 2, "the destroy's final event, sent again")
+        assert (again[1].state, again[1].outputs, again[1].message) == ("succeeded", {"deleted": False}, "destroy done")
+        assert executor.adapter.calls == {"server/gone-0": 1}
