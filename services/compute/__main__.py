@@ -1,10 +1,10 @@
 from pathlib import Path
 
 from services.compute.app import create_app
-from services.compute.cloud import ComputeCloud
+from services.compute.cloud import OpenStackComputeCloud
 from services.compute.handlers import handlers
 from services.compute.settings import ComputeSettings
-from shared.operations import step_workers
+from shared.executor.workers import step_workers
 from shared.runtime import ServiceSpec, run_service
 from shared.topics import commands_topic, events_topic
 
@@ -16,7 +16,7 @@ SPEC = ServiceSpec(
     consumes=[commands_topic("compute")],
     owns_topics=[commands_topic("compute"), events_topic("compute")],
     create_app=create_app,
-    background=[step_workers("compute", ComputeCloud)],
+    background=[step_workers("compute", OpenStackComputeCloud)],
 )
 
 

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from services.compute.cloud import ComputeCloud
-from shared.cloud_api import cloud_read_router
+from services.compute.cloud import ComputeCloud, OpenStackComputeCloud
+from shared.executor.reads import cloud_read_router
 
 router = APIRouter()
 router.include_router(
     cloud_read_router(
         "compute",
-        ComputeCloud,
+        OpenStackComputeCloud,
         {
-            "servers": "list_servers",
-            "flavors": "list_flavors",
-            "images": "list_images",
-            "limits": "limits",
-            "plan-resources": "plan_resources",
+            "servers": ComputeCloud.list_servers,
+            "flavors": ComputeCloud.list_flavors,
+            "images": ComputeCloud.list_images,
+            "limits": ComputeCloud.limits,
+            "plan-resources": ComputeCloud.plan_resources,
         },
     )
 )
@@ -25,8 +25,8 @@ router.include_router(
 router.include_router(
     cloud_read_router(
         "compute",
-        ComputeCloud,
-        {"capacity": "host_capacity"},
+        OpenStackComputeCloud,
+        {"capacity": ComputeCloud.host_capacity},
         cloud_setting="capacity_cloud",
         unset_reason="host capacity (Placement) needs an admin credential; name its clouds.yaml entry there",
         optional=True,

@@ -1,6 +1,6 @@
 """Compute's cloud adapter: Nova server groups, servers and volume attachments.
 
-Every step is looked up by its marks (shared.cloud) before anything is created, so a redelivered
+Every step is looked up by its marks (shared.executor.marks) before anything is created, so a redelivered
 command finds what an earlier attempt made. Other steps' resources (networks, security groups,
 volumes) are found by the marks of the same plan; a missing one is a retriable error naming its step.
 Calls are synchronous: the operation workers run them in a thread.
@@ -10,20 +10,29 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import keystoneauth1.exceptions as ksa
 import openstack.exceptions as os_exc
 from cachetools import TTLCache
 
-from shared.cinder import find_marked_volumes, wait_volume
-from shared.cloud import CloudError, Owner, StepWork, plan_tag, resource_name, step_tag
-from shared.cloud_errors import translate_sdk_error
-
-Progress = Callable[[str], None]
+from shared.executor.cinder import find_marked_volumes, wait_volume
+from shared.executor.errors import COMPUTE_HINTS, CloudError, translate_sdk_error
+from shared.executor.marks import Owner, StepWork, plan_tag, resource_name, step_tag
+from shared.executor.models import (
+    ComputeLimits,
+    Flavor,
+    Host,
+    Image,
+    Limit,
+    PlanResource,
+    Progress,
+    Server,
+    Usage,
+)
+from shared.executor.wait import wait_for_status
 
 CAPACITY_HINT = "pick a smaller flavor or free capacity"
 #: Nova builds every server of a detailed listing in the one API worker that answers it; listing a plan's
@@ -31,22 +40,69 @@ CAPACITY_HINT = "pick a smaller flavor or free capacity"
 #: workers. Measured with 100 servers in devcloud (4 nova-api workers, busy): 14.6 s as one listing, 4.9 s
 #: in these 11 slices at once.
 _NAME_SLICES = [f"{digit}$" for digit in range(10)] + ["[^0-9]$"]
-# Nova reports a 409 while a server is busy ("Cannot 'attach_volume' instance ... while it is in
-# task_state ..."), Cinder while a volume is in-use or attaching: waiting and trying again helps.
 #: How long a flavor or image found by name is reused (``ComputeCloud._cached``).
 CATALOG_CACHE_SECONDS = 60.0
 _CATALOG: weakref.WeakKeyDictionary[Any, TTLCache[tuple[str, str], Any]] = weakref.WeakKeyDictionary()
 _CATALOG_LOCK = threading.Lock()
-_STATE_CONFLICT = ("task_state", "vm_state", "in-use", "in use", "while it is in", "status must be", "locked")
 
 
 def translate(exc: BaseException, work: StepWork) -> CloudError:
     """An openstacksdk/keystoneauth failure as a CloudError with the cloud's own message."""
-    return translate_sdk_error(exc, work, _STATE_CONFLICT)
+    return translate_sdk_error(exc, work, COMPUTE_HINTS)
 
 
-class ComputeCloud:
-    """Applies and destroys the compute steps: ``server_group``, ``server``, ``volume_attachment``."""
+class ComputeCloud(Protocol):
+    """What compute does in a cloud: apply and destroy ``server_group``, ``server`` and ``volume_attachment``
+    steps, and read what the project has. Every method is synchronous (run in a thread)."""
+
+    def apply(self, work: StepWork, progress: Progress) -> dict[str, Any]:
+        """Create the step's resource unless its marks find it; wait until usable; return its outputs.
+
+        :raises CloudError: retriable when a referenced step's resource does not exist yet, the cloud is
+            slow or failing; not retriable for the plan's mistakes (an unknown flavor or image, no valid
+            host, quota), with the cloud's own message and a hint."""
+        ...
+
+    def destroy(self, work: StepWork, progress: Progress) -> bool:
+        """Delete the step's resource and wait until it is gone.
+
+        :returns: False if nothing existed.
+        :raises CloudError: as ``apply``."""
+        ...
+
+    def list_servers(self) -> list[Server]:
+        """The project's servers, with the plan and step of those DCOSTACK made."""
+        ...
+
+    def list_flavors(self, name: str | None = None) -> list[Flavor]:
+        """The flavors the project may use (``name``: only the one of that name or id)."""
+        ...
+
+    def list_images(self, name: str | None = None) -> list[Image]:
+        """The images the project may use (``name``: only those of that name or id)."""
+        ...
+
+    def limits(self) -> ComputeLimits:
+        """The project's Nova quota and usage: ``{instances|cores|ram_mb|server_groups: {limit, used}}``
+        (``limit`` null when unlimited) and ``server_group_members: {limit}``."""
+        ...
+
+    def host_capacity(self) -> list[Host]:
+        """Free capacity per compute host, from Placement (needs an admin credential): for VCPU,
+        MEMORY_MB and DISK_GB ``(total - reserved) * allocation_ratio - used`` and the largest single
+        allocation (``max_unit``); hosts whose nova-compute is disabled or down are marked unusable.
+
+        :raises CloudError: the credential may not read Placement."""
+        ...
+
+    def plan_resources(self, plan_id: str) -> list[PlanResource]:
+        """What compute holds of one plan, by its marks: servers (flavor, image, status), server groups
+        (policy) and volume attachments, each with its step key and the fields the plan controls."""
+        ...
+
+
+class OpenStackComputeCloud:
+    """ComputeCloud on Nova, Glance, Placement and Cinder."""
 
     def __init__(self, conn: Any, *, timeout: float = 600.0, interval: float = 1.0) -> None:
         self.conn = conn
@@ -87,75 +143,68 @@ class ComputeCloud:
 
     # -- read helpers for the HTTP API -------------------------------------------------------
 
-    def list_servers(self) -> list[dict[str, Any]]:
+    def list_servers(self) -> list[Server]:
         return [
-            {
-                "id": s.id,
-                "name": s.name,
-                "status": s.status,
-                "flavor": getattr(s.flavor, "original_name", None) or getattr(s.flavor, "name", None),
-                "addresses": _addresses(s),
-                "tags": list(s.tags or []),
-                "metadata": dict(s.metadata or {}),
-                "plan_id": (s.metadata or {}).get("dcostack_plan"),
-                "step_key": (s.metadata or {}).get("dcostack_step"),
-            }
+            Server(
+                id=s.id,
+                name=s.name,
+                status=s.status,
+                flavor=getattr(s.flavor, "original_name", None) or getattr(s.flavor, "name", None),
+                addresses=_addresses(s),
+                tags=list(s.tags or []),
+                metadata=dict(s.metadata or {}),
+                plan_id=(s.metadata or {}).get("dcostack_plan"),
+                step_key=(s.metadata or {}).get("dcostack_step"),
+            )
             for s in self.conn.compute.servers()
         ]
 
-    def list_flavors(self, name: str | None = None) -> list[dict[str, Any]]:
-        """The flavors the project may use (``name``: only the one of that name or id)."""
+    def list_flavors(self, name: str | None = None) -> list[Flavor]:
         return [
-            {
-                "id": f.id,
-                "name": f.name,
-                "vcpus": f.vcpus,
-                "ram_mb": f.ram,
-                "disk_gb": f.disk,
-                "ephemeral_gb": f.ephemeral or 0,
-                "swap_mb": int(f.swap or 0),
-                "is_public": f.is_public,
-            }
+            Flavor(
+                id=f.id,
+                name=f.name,
+                vcpus=f.vcpus,
+                ram_mb=f.ram,
+                disk_gb=f.disk,
+                ephemeral_gb=f.ephemeral or 0,
+                swap_mb=int(f.swap or 0),
+                is_public=f.is_public,
+            )
             for f in self.conn.compute.flavors()
             if name is None or name in (f.name, f.id)
         ]
 
-    def list_images(self, name: str | None = None) -> list[dict[str, Any]]:
-        """The images the project may use (``name``: only those of that name or id)."""
+    def list_images(self, name: str | None = None) -> list[Image]:
         return [
-            {
-                "id": i.id,
-                "name": i.name,
-                "status": i.status,
-                "size": i.size,
-                "min_disk_gb": i.min_disk,
-                "min_ram_mb": i.min_ram,
-            }
+            Image(
+                id=i.id,
+                name=i.name,
+                status=i.status,
+                size=i.size,
+                min_disk_gb=i.min_disk,
+                min_ram_mb=i.min_ram,
+            )
             for i in self.conn.image.images()
             if name is None or name in (i.name, i.id)
         ]
 
-    def limits(self) -> dict[str, dict[str, int | None]]:
-        """The project's Nova quota and usage: ``{instances|cores|ram_mb|server_groups: {limit, used}}``
-        (``limit`` null when unlimited) and ``server_group_members: {limit}``."""
+    def limits(self) -> ComputeLimits:
         absolute = self.conn.compute.get_limits().absolute
 
-        def pair(limit: Any, used: Any) -> dict[str, int | None]:
-            return {"limit": None if limit is None or int(limit) < 0 else int(limit), "used": int(used or 0)}
+        def pair(limit: Any, used: Any) -> Usage:
+            return Usage(limit=None if limit is None or int(limit) < 0 else int(limit), used=int(used or 0))
 
         members = absolute.server_group_members
-        return {
-            "instances": pair(absolute.instances, absolute.instances_used),
-            "cores": pair(absolute.total_cores, absolute.total_cores_used),
-            "ram_mb": pair(absolute.total_ram, absolute.total_ram_used),
-            "server_groups": pair(absolute.server_groups, absolute.server_groups_used),
-            "server_group_members": {"limit": None if members is None or int(members) < 0 else int(members)},
-        }
+        return ComputeLimits(
+            instances=pair(absolute.instances, absolute.instances_used),
+            cores=pair(absolute.total_cores, absolute.total_cores_used),
+            ram_mb=pair(absolute.total_ram, absolute.total_ram_used),
+            server_groups=pair(absolute.server_groups, absolute.server_groups_used),
+            server_group_members=Limit(limit=None if members is None or int(members) < 0 else int(members)),
+        )
 
-    def host_capacity(self) -> list[dict[str, Any]]:
-        """Free capacity per compute host, from Placement (needs an admin credential): for VCPU,
-        MEMORY_MB and DISK_GB ``(total - reserved) * allocation_ratio - used`` and the largest single
-        allocation (``max_unit``); hosts whose nova-compute is disabled or down are marked unusable."""
+    def host_capacity(self) -> list[Host]:
         from concurrent.futures import ThreadPoolExecutor
 
         placement = self.conn.placement
@@ -205,11 +254,9 @@ class ComputeCloud:
                     "resources": resources,
                 }
             )
-        return sorted(hosts, key=lambda h: h["name"])
+        return [Host.model_validate(h) for h in sorted(hosts, key=lambda h: h["name"])]
 
-    def plan_resources(self, plan_id: str) -> list[dict[str, Any]]:
-        """What compute holds of one plan, by its marks: servers (flavor, image, status), server groups
-        (policy) and volume attachments, each with its step key and the fields the plan controls."""
+    def plan_resources(self, plan_id: str) -> list[PlanResource]:
         from concurrent.futures import ThreadPoolExecutor
 
         prefix = resource_name(plan_id, "group-")
@@ -279,7 +326,7 @@ class ComputeCloud:
                         "fields": {},
                     }
                 )
-        return out
+        return [PlanResource.model_validate(r) for r in out]
 
     # -- server groups -----------------------------------------------------------------------
 
@@ -351,32 +398,36 @@ class ComputeCloud:
         return self._server_outputs(self._wait_server(server, flavor, progress))
 
     def _wait_server(self, server: Any, flavor: Any, progress: Progress) -> Any:
-        deadline = time.monotonic() + self.timeout
-        seen = None
-        while True:
-            server = self.conn.compute.get_server(server.id)
-            state = f"server {server.status}" + (f" ({server.task_state})" if server.task_state else "")
-            if state != seen:
-                progress(state)
-                seen = state
-            if server.status == "ACTIVE":
-                return server
-            if server.status == "ERROR":
-                fault = (server.fault or {}).get("message") or "Nova gave no fault message"
-                no_host = "no valid host" in fault.lower()
-                raise CloudError(
-                    f"server {server.name} went to ERROR: {fault} (flavor {flavor.name})",
-                    hint=CAPACITY_HINT if no_host else "the server is left in ERROR for rollback or inspection",
-                    resource_id=server.id,
-                )
-            if time.monotonic() > deadline:
-                raise CloudError(
-                    f"server {server.name} still {server.status} after {self.timeout:.0f}s",
-                    hint="the cloud is slow; retrying waits for the same server",
-                    retriable=True,
-                    resource_id=server.id,
-                )
-            time.sleep(self.interval)
+        def failed(s: Any) -> CloudError | None:
+            if s.status != "ERROR":
+                return None
+            fault = (s.fault or {}).get("message") or "Nova gave no fault message"
+            no_host = "no valid host" in fault.lower()
+            return CloudError(
+                f"server {s.name} went to ERROR: {fault} (flavor {flavor.name})",
+                hint=CAPACITY_HINT if no_host else "the server is left in ERROR for rollback or inspection",
+                resource_id=s.id,
+            )
+
+        def state(s: Any) -> str:
+            return f"server {s.status}" + (f" ({s.task_state})" if s.task_state else "")
+
+        return wait_for_status(
+            lambda: self.conn.compute.get_server(server.id),
+            state=state,
+            done=lambda s: s.status == "ACTIVE",
+            describe=state,
+            failed=failed,
+            slow=lambda s: CloudError(
+                f"server {s.name} still {s.status} after {self.timeout:.0f}s",
+                hint="the cloud is slow; retrying waits for the same server",
+                retriable=True,
+                resource_id=s.id,
+            ),
+            progress=progress,
+            timeout=self.timeout,
+            interval=self.interval,
+        )
 
     def _server_outputs(self, server: Any) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -1,9 +1,10 @@
 """Compute's Kafka handlers."""
 
 from shared.bus import HandlerRegistry
-from shared.operations import register_step_handlers
+from shared.executor.accept import register_step_handlers
 from shared.probe import register_probe_handler
 
+SERVICE = "compute"
 handlers = HandlerRegistry()
 register_probe_handler(handlers, "compute")
-register_step_handlers(handlers)
+register_step_handlers(handlers, SERVICE)

@@ -1,10 +1,10 @@
 from pathlib import Path
 
 from services.network.app import create_app
-from services.network.cloud import NetworkCloud
+from services.network.cloud import OpenStackNetworkCloud
 from services.network.handlers import handlers
 from services.network.settings import NetworkSettings
-from shared.operations import step_workers
+from shared.executor.workers import step_workers
 from shared.runtime import ServiceSpec, run_service
 from shared.topics import commands_topic, events_topic
 
@@ -16,7 +16,7 @@ SPEC = ServiceSpec(
     consumes=[commands_topic("network")],
     owns_topics=[commands_topic("network"), events_topic("network")],
     create_app=create_app,
-    background=[step_workers("network", NetworkCloud)],
+    background=[step_workers("network", OpenStackNetworkCloud)],
 )
 
 

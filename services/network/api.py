@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from services.network.cloud import NetworkCloud
-from shared.cloud_api import cloud_read_router
+from services.network.cloud import NetworkCloud, OpenStackNetworkCloud
+from shared.executor.reads import cloud_read_router
 
 router = cloud_read_router(
     "network",
-    NetworkCloud,
+    OpenStackNetworkCloud,
     {
-        "networks": "list_networks",
-        "routers": "list_routers",
-        "security-groups": "list_security_groups",
-        "floating-ips": "list_floating_ips",
-        "load-balancers": "list_load_balancers",
-        "quota": "quota",
-        "external-networks": "external_networks",
-        "plan-resources": "plan_resources",
+        "networks": NetworkCloud.list_networks,
+        "routers": NetworkCloud.list_routers,
+        "security-groups": NetworkCloud.list_security_groups,
+        "floating-ips": NetworkCloud.list_floating_ips,
+        "load-balancers": NetworkCloud.list_load_balancers,
+        "quota": NetworkCloud.quota,
+        "external-networks": NetworkCloud.external_networks,
+        "plan-resources": NetworkCloud.plan_resources,
     },
 )

@@ -1,10 +1,10 @@
 from pathlib import Path
 
 from services.storage.app import create_app
-from services.storage.cloud import StorageCloud
+from services.storage.cloud import OpenStackStorageCloud
 from services.storage.handlers import handlers
 from services.storage.settings import StorageSettings
-from shared.operations import step_workers
+from shared.executor.workers import step_workers
 from shared.runtime import ServiceSpec, run_service
 from shared.topics import commands_topic, events_topic
 
@@ -16,7 +16,7 @@ SPEC = ServiceSpec(
     consumes=[commands_topic("storage")],
     owns_topics=[commands_topic("storage"), events_topic("storage")],
     create_app=create_app,
-    background=[step_workers("storage", StorageCloud)],
+    background=[step_workers("storage", OpenStackStorageCloud)],
 )
 
 

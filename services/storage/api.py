@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from services.storage.cloud import StorageCloud
-from shared.cloud_api import cloud_read_router
+from services.storage.cloud import OpenStackStorageCloud, StorageCloud
+from shared.executor.reads import cloud_read_router
 
 router = cloud_read_router(
     "storage",
-    StorageCloud,
+    OpenStackStorageCloud,
     {
-        "volumes": "list_volumes",
-        "containers": "list_containers",
-        "quota": "quota",
-        "plan-resources": "plan_resources",
+        "volumes": StorageCloud.list_volumes,
+        "containers": StorageCloud.list_containers,
+        "quota": StorageCloud.quota,
+        "plan-resources": StorageCloud.plan_resources,
     },
 )

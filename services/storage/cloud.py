@@ -1,6 +1,6 @@
 """Storage's cloud adapter: Cinder volumes and Swift containers.
 
-Volumes carry the metadata marks of shared.cloud; containers are found by their name
+Volumes carry the metadata marks of shared.executor.marks; containers are found by their name
 ``resource_name(plan_id, name)`` and carry the same marks as container metadata (``X-Container-Meta-``
 headers, with ``-`` for ``_`` because header names with ``_`` are dropped on the way to Swift).
 Calls are synchronous: the operation workers run them in a thread.
@@ -8,35 +8,67 @@ Calls are synchronous: the operation workers run them in a thread.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import keystoneauth1.exceptions as ksa
 import openstack.exceptions as os_exc
 
-from shared.cinder import find_marked_volumes, wait_volume
-from shared.cloud import CloudError, StepWork, resource_name, step_tag
-from shared.cloud_errors import translate_sdk_error
-
-Progress = Callable[[str], None]
-
-# Cinder answers 409/400 while a volume is attaching, detaching or in-use; Swift 409 while a
-# container still lists objects that were just deleted (its listings are eventually consistent).
-_STATE_CONFLICT = ("in-use", "in use", "status must be", "attach", "detach", "task_state", "conflict")
+from shared.executor.cinder import find_marked_volumes, wait_volume
+from shared.executor.errors import STORAGE_HINTS, CloudError, translate_sdk_error
+from shared.executor.marks import StepWork, resource_name, step_tag
+from shared.executor.models import Container, PlanResource, Progress, StorageQuota, Volume
+from shared.executor.wait import wait_for_status
 
 
 def translate(exc: BaseException, work: StepWork) -> CloudError:
     """An openstacksdk/keystoneauth failure as a CloudError with the cloud's own message."""
-    return translate_sdk_error(exc, work, _STATE_CONFLICT)
+    return translate_sdk_error(exc, work, STORAGE_HINTS)
 
 
 def _container_marks(work: StepWork) -> dict[str, str]:
     return {k.replace("_", "-"): v for k, v in work.owner.metadata.items()}
 
 
-class StorageCloud:
-    """Applies and destroys the storage steps: ``volume``, ``object_container``."""
+class StorageCloud(Protocol):
+    """What storage does in a cloud: apply and destroy ``volume`` and ``object_container`` steps, and read
+    what the project has. Every method is synchronous (run in a thread)."""
+
+    def apply(self, work: StepWork, progress: Progress) -> dict[str, Any]:
+        """Create the step's resource unless its marks find it; wait until usable; return its outputs.
+
+        :raises CloudError: retriable while a volume is busy or the cloud slow or failing; not retriable
+            for the plan's mistakes (an unknown volume type, quota, a container of the same name that is
+            not this step's), with the cloud's own message and a hint."""
+        ...
+
+    def destroy(self, work: StepWork, progress: Progress) -> bool:
+        """Delete the step's resource (a container with its objects) and wait until it is gone.
+
+        :returns: False if nothing existed.
+        :raises CloudError: as ``apply``."""
+        ...
+
+    def list_volumes(self) -> list[Volume]:
+        """The project's volumes, with the plan and step of those DCOSTACK made."""
+        ...
+
+    def list_containers(self) -> list[Container]:
+        """The project's object containers."""
+        ...
+
+    def quota(self) -> StorageQuota:
+        """The project's Cinder quota with usage for volumes and gigabytes: ``{resource: {limit, used}}``,
+        ``limit`` null when unlimited; ``used`` counts reserved as taken."""
+        ...
+
+    def plan_resources(self, plan_id: str) -> list[PlanResource]:
+        """What storage holds of one plan, by its marks: volumes (size, type, status) and object containers,
+        each with its step key and the fields the plan controls."""
+        ...
+
+
+class OpenStackStorageCloud:
+    """StorageCloud on Cinder and Swift."""
 
     def __init__(self, conn: Any, *, timeout: float = 600.0, interval: float = 1.0) -> None:
         self.conn = conn
@@ -69,30 +101,30 @@ class StorageCloud:
 
     # -- read helpers for the HTTP API -------------------------------------------------------
 
-    def list_volumes(self) -> list[dict[str, Any]]:
+    def list_volumes(self) -> list[Volume]:
         return [
-            {
-                "id": v.id,
-                "name": v.name,
-                "size_gb": v.size,
-                "status": v.status,
-                "type": v.volume_type,
-                "server_ids": [a.get("server_id") for a in v.attachments or []],
-                "metadata": dict(v.metadata or {}),
-                "plan_id": (v.metadata or {}).get("dcostack_plan"),
-                "step_key": (v.metadata or {}).get("dcostack_step"),
-            }
+            Volume.model_validate(
+                {
+                    "id": v.id,
+                    "name": v.name,
+                    "size_gb": v.size,
+                    "status": v.status,
+                    "type": v.volume_type,
+                    "server_ids": [a.get("server_id") for a in v.attachments or []],
+                    "metadata": dict(v.metadata or {}),
+                    "plan_id": (v.metadata or {}).get("dcostack_plan"),
+                    "step_key": (v.metadata or {}).get("dcostack_step"),
+                }
+            )
             for v in self.conn.block_storage.volumes()
         ]
 
-    def list_containers(self) -> list[dict[str, Any]]:
+    def list_containers(self) -> list[Container]:
         return [
-            {"name": c.name, "object_count": c.count, "bytes": c.bytes} for c in self.conn.object_store.containers()
+            Container(name=c.name, object_count=c.count, bytes=c.bytes) for c in self.conn.object_store.containers()
         ]
 
-    def quota(self) -> dict[str, dict[str, int | None]]:
-        """The project's Cinder quota with usage for volumes and gigabytes: ``{resource: {limit, used}}``,
-        ``limit`` null when unlimited; ``used`` counts reserved as taken."""
+    def quota(self) -> StorageQuota:
         quota = self.conn.block_storage.get_quota_set(self.conn.current_project_id, usage=True)
         out: dict[str, dict[str, int | None]] = {}
         for key in ("volumes", "gigabytes"):
@@ -102,11 +134,9 @@ class StorageCloud:
             limit = value.get("limit")
             used = int(value.get("in_use") or 0) + int(value.get("reserved") or 0)
             out[key] = {"limit": None if limit is None or int(limit) < 0 else int(limit), "used": used}
-        return out
+        return StorageQuota.model_validate(out)
 
-    def plan_resources(self, plan_id: str) -> list[dict[str, Any]]:
-        """What storage holds of one plan, by its marks: volumes (size, type, status) and object containers,
-        each with its step key and the fields the plan controls."""
+    def plan_resources(self, plan_id: str) -> list[PlanResource]:
         out: list[dict[str, Any]] = []
         for v in self.conn.block_storage.volumes(details=True):
             meta = v.metadata or {}
@@ -145,7 +175,7 @@ class StorageCloud:
                     "fields": {},
                 }
             )
-        return out
+        return [PlanResource.model_validate(r) for r in out]
 
     # -- volumes -----------------------------------------------------------------------------
 
@@ -197,31 +227,39 @@ class StorageCloud:
         self._wait_gone(volume, progress)
 
     def _wait_gone(self, volume: Any, progress: Progress) -> None:
-        deadline = time.monotonic() + self.timeout
-        while True:
+        def fetch() -> Any | None:
             try:
                 # not find_volume: on a miss it lists by name, a filter devcloud's Cinder refuses
-                current = self.conn.block_storage.get_volume(volume.id)
+                return self.conn.block_storage.get_volume(volume.id)
             except os_exc.NotFoundException:
-                current = None
-            if current is None:
-                progress(f"volume {volume.name} deleted")
-                return
-            if current.status == "error_deleting":
-                raise CloudError(
-                    f"volume {volume.name} went to error_deleting",
-                    hint="Cinder could not delete it; retrying tries again",
-                    retriable=True,
-                    resource_id=volume.id,
-                )
-            if time.monotonic() > deadline:
-                raise CloudError(
-                    f"volume {volume.name} still {current.status} after {self.timeout:.0f}s",
-                    hint="the cloud is slow; retrying",
-                    retriable=True,
-                    resource_id=volume.id,
-                )
-            time.sleep(self.interval)
+                return None
+
+        def failed(current: Any | None) -> CloudError | None:
+            if current is None or current.status != "error_deleting":
+                return None
+            return CloudError(
+                f"volume {volume.name} went to error_deleting",
+                hint="Cinder could not delete it; retrying tries again",
+                retriable=True,
+                resource_id=volume.id,
+            )
+
+        wait_for_status(
+            fetch,
+            state=lambda current: None if current is None else current.status,
+            done=lambda current: current is None,
+            describe=lambda current: f"volume {volume.name} " + ("deleted" if current is None else current.status),
+            failed=failed,
+            slow=lambda current: CloudError(
+                f"volume {volume.name} still {getattr(current, 'status', 'there')} after {self.timeout:.0f}s",
+                hint="the cloud is slow; retrying",
+                retriable=True,
+                resource_id=volume.id,
+            ),
+            progress=progress,
+            timeout=self.timeout,
+            interval=self.interval,
+        )
 
     def _wait_volume(self, volume: Any, targets: set[str], progress: Progress) -> Any:
         return wait_volume(self.conn, volume, targets, progress, self.timeout, self.interval)
@@ -264,8 +302,9 @@ class StorageCloud:
         if container is None:
             return False
         name = work.owner.name(work.params["name"])
-        deadline = time.monotonic() + self.timeout
-        while True:
+
+        def empty_and_delete() -> int:
+            """Delete what the container lists, then the container; the count of objects it still held."""
             objects = list(self.conn.object_store.objects(name))
             for obj in objects:
                 self.conn.object_store.delete_object(obj.name, container=name, ignore_missing=True)
@@ -275,12 +314,24 @@ class StorageCloud:
                 self.conn.object_store.delete_container(name, ignore_missing=True)
             except os_exc.ConflictException:
                 # Swift's listing lags behind deletes (or objects were added meanwhile): list again.
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(self.interval)
-                continue
-            progress(f"container {name} deleted")
-            return True
+                return max(len(objects), 1)
+            return 0
+
+        wait_for_status(
+            empty_and_delete,
+            state=lambda left: left == 0,
+            done=lambda left: left == 0,
+            describe=lambda left: f"container {name} deleted" if left == 0 else f"container {name}: not empty yet",
+            slow=lambda left: CloudError(
+                f"container {name} still holds objects after {self.timeout:.0f}s",
+                hint="Swift's listing lags behind deletes, or something keeps writing to it; retrying",
+                retriable=True,
+            ),
+            progress=progress,
+            timeout=self.timeout,
+            interval=self.interval,
+        )
+        return True
 
 
 def _volume_outputs(volume: Any) -> dict[str, Any]:

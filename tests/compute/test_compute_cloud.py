@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import json
 import time
 import uuid
 from collections.abc import Callable
@@ -13,10 +12,12 @@ from typing import Any
 import keystoneauth1.exceptions as ksa
 import openstack
 import pytest
-import requests
 
-from services.compute.cloud import ComputeCloud, translate
-from shared.cloud import CloudError, Owner, StepWork, plan_tag, step_tag
+from services.compute.cloud import OpenStackComputeCloud, translate
+from shared.executor.errors import CloudError
+from shared.executor.marks import Owner, StepWork, plan_tag, step_tag
+from shared.executor.models import Server
+from tests.fixtures.cloud_helpers import delete_server, http_error
 from tests.fixtures.openstack import Cleanup, CloudUnderTest, Progress
 
 pytestmark = pytest.mark.devcloud
@@ -46,11 +47,6 @@ def _server_work(plan_id: str, name: str, **overrides: Any) -> StepWork:
 
 def _tagged(plan_id: str, key: str) -> str:
     return ",".join([plan_tag(plan_id), step_tag(key)])
-
-
-def _delete_server(conn: Any, server_id: str) -> None:
-    conn.compute.delete_server(server_id, ignore_missing=True)
-    conn.compute.wait_for_delete(conn.compute.get_server(server_id), wait=120)
 
 
 class PlanNetwork:
@@ -109,13 +105,13 @@ class TestApplyServer:
     def test_creates_a_marked_active_server_once_and_destroys_it(
         self, conn: Any, admin: Any, plan_id: str, net: PlanNetwork, cleanup: Cleanup
     ) -> None:
-        cloud = ComputeCloud(conn)
+        cloud = OpenStackComputeCloud(conn)
         work = _server_work(plan_id, "web-0", user_data="#cloud-config\n", metadata={"tier": "web"})
         progress = Progress()
         started = time.monotonic()
         out = cloud.apply(work, progress)
         elapsed = time.monotonic() - started
-        cleanup.add("server", lambda: _delete_server(conn, out["id"]))
+        cleanup.add("server", lambda: delete_server(conn, out["id"]))
 
         server = admin.compute.get_server(out["id"])
         assert server.status == "ACTIVE"
@@ -146,11 +142,11 @@ class TestApplyServer:
     ) -> None:
         """A run's networks are remembered; a resumed run that rolled back recreates them (new ids, same
         run): the server step still lands on the live network, not on the remembered one."""
-        cloud = ComputeCloud(conn)
+        cloud = OpenStackComputeCloud(conn)
         first = _server_work(plan_id, "web-0")
         out = cloud.apply(first, Progress())
-        cleanup.add("server", lambda: _delete_server(conn, out["id"]))
-        _delete_server(conn, out["id"])
+        cleanup.add("server", lambda: delete_server(conn, out["id"]))
+        delete_server(conn, out["id"])
         old = net.network.id
         conn.network.delete_network(old)  # its subnet and port went with the server
         replacement = PlanNetwork(conn, plan_id, cleanup)
@@ -161,20 +157,20 @@ class TestApplyServer:
             params={**first.params, "name": "web-1"},
         )
         again = cloud.apply(second, Progress())
-        cleanup.add("server", lambda: _delete_server(conn, again["id"]))
+        cleanup.add("server", lambda: delete_server(conn, again["id"]))
         (port,) = conn.network.ports(device_id=again["id"])
         assert port.network_id == replacement.network.id != old
 
-    def test_read_helpers_list_plain_dicts(self, conn: Any) -> None:
-        cloud = ComputeCloud(conn)
-        assert "m1.tiny" in {f["name"] for f in cloud.list_flavors()}
-        assert "devcloud-tiny" in {i["name"] for i in cloud.list_images()}
-        assert all(isinstance(s, dict) for s in cloud.list_servers())
+    def test_read_helpers_list_frozen_models(self, conn: Any) -> None:
+        cloud = OpenStackComputeCloud(conn)
+        assert "m1.tiny" in {f.name for f in cloud.list_flavors()}
+        assert "devcloud-tiny" in {i.name for i in cloud.list_images()}
+        assert all(isinstance(s, Server) for s in cloud.list_servers())
 
     def test_unknown_flavor_names_the_plan_path_and_the_flavors(self, conn: Any, plan_id: str) -> None:
         work = _server_work(plan_id, "web-0", flavor="m1.huge")
         with pytest.raises(CloudError) as raised:
-            ComputeCloud(conn).apply(work, Progress())
+            OpenStackComputeCloud(conn).apply(work, Progress())
         assert "m1.huge" in raised.value.message
         assert "$.instance_groups[0]" in raised.value.message
         assert "m1.tiny" in raised.value.message
@@ -183,7 +179,7 @@ class TestApplyServer:
     def test_unknown_image_names_the_plan_path(self, conn: Any, plan_id: str, net: PlanNetwork) -> None:
         work = _server_work(plan_id, "web-0", image="no-such-image")
         with pytest.raises(CloudError) as raised:
-            ComputeCloud(conn).apply(work, Progress())
+            OpenStackComputeCloud(conn).apply(work, Progress())
         assert "no-such-image" in raised.value.message
         assert "$.instance_groups[0]" in raised.value.message
         assert "devcloud-tiny" in raised.value.message
@@ -191,7 +187,7 @@ class TestApplyServer:
 
     def test_missing_network_is_retriable_and_names_its_step(self, conn: Any, plan_id: str) -> None:
         with pytest.raises(CloudError) as raised:
-            ComputeCloud(conn).apply(_server_work(plan_id, "web-0"), Progress())
+            OpenStackComputeCloud(conn).apply(_server_work(plan_id, "web-0"), Progress())
         assert "network/net" in raised.value.message
         assert raised.value.retriable is True
         assert list(conn.compute.servers(tags=_tagged(plan_id, "server/web-0"))) == []
@@ -205,13 +201,13 @@ class TestApplyServer:
         pconn = project(ram=-1)  # the quota must not be what stops it
         admin.compute.flavor_add_tenant_access(huge, pconn.current_project_id)
         PlanNetwork(pconn, plan_id, cleanup)
-        cloud = ComputeCloud(pconn)
+        cloud = OpenStackComputeCloud(pconn)
         work = _server_work(plan_id, "big-0", flavor=huge.name)
 
         with pytest.raises(CloudError) as raised:
             cloud.apply(work, Progress())
         error = raised.value
-        cleanup.add("server", lambda: _delete_server(pconn, str(error.resource_id)))
+        cleanup.add("server", lambda: delete_server(pconn, str(error.resource_id)))
         assert "No valid host was found" in error.message
         assert huge.name in error.message
         assert error.hint == "pick a smaller flavor or free capacity"
@@ -222,7 +218,7 @@ class TestApplyServer:
         progress = Progress()
         with pytest.raises(CloudError) as again:
             cloud.apply(work, progress)
-        cleanup.add("server", lambda: _delete_server(pconn, str(again.value.resource_id)))
+        cleanup.add("server", lambda: delete_server(pconn, str(again.value.resource_id)))
         assert again.value.resource_id != error.resource_id
         assert any("deleting it to create it again" in m for m in progress.messages)
         assert [s.id for s in pconn.compute.servers(tags=_tagged(plan_id, "server/big-0"))] == [again.value.resource_id]
@@ -234,9 +230,9 @@ class TestApplyServer:
     ) -> None:
         pconn = project(instances=1)
         PlanNetwork(pconn, plan_id, cleanup)
-        cloud = ComputeCloud(pconn)
+        cloud = OpenStackComputeCloud(pconn)
         first = cloud.apply(_server_work(plan_id, "web-0"), Progress())
-        cleanup.add("server", lambda: _delete_server(pconn, first["id"]))
+        cleanup.add("server", lambda: delete_server(pconn, first["id"]))
         with pytest.raises(CloudError) as raised:
             cloud.apply(_server_work(plan_id, "web-1"), Progress())
         assert "Quota exceeded for instances" in raised.value.message
@@ -249,7 +245,7 @@ class TestServerGroup:
     def test_anti_affinity_servers_land_on_two_hosts(
         self, conn: Any, admin: Any, plan_id: str, net: PlanNetwork, cleanup: Cleanup
     ) -> None:
-        cloud = ComputeCloud(conn)
+        cloud = OpenStackComputeCloud(conn)
         group_work = _work(
             plan_id, "server_group", "server-group/app", "$.instance_groups[0].server_group", name="app",
             policy="anti-affinity",
@@ -265,7 +261,7 @@ class TestServerGroup:
         ids = []
         for i in range(2):
             out = cloud.apply(_server_work(plan_id, f"app-{i}", server_group="app"), Progress())
-            cleanup.add("server", functools.partial(_delete_server, conn, out["id"]))
+            cleanup.add("server", functools.partial(delete_server, conn, out["id"]))
             ids.append(out["id"])
         hosts = {admin.compute.get_server(i).compute_host for i in ids}
         assert len(hosts) == 2, f"anti-affinity servers share a host: {hosts}"
@@ -281,16 +277,16 @@ class TestServerGroup:
         self, conn: Any, plan_id: str, net: PlanNetwork
     ) -> None:
         with pytest.raises(CloudError) as raised:
-            ComputeCloud(conn).apply(_server_work(plan_id, "app-0", server_group="app"), Progress())
+            OpenStackComputeCloud(conn).apply(_server_work(plan_id, "app-0", server_group="app"), Progress())
         assert "server-group/app" in raised.value.message
         assert raised.value.retriable is True
 
 
 class TestVolumeAttachment:
     def test_attach_and_detach_round_trip(self, conn: Any, plan_id: str, net: PlanNetwork, cleanup: Cleanup) -> None:
-        cloud = ComputeCloud(conn)
+        cloud = OpenStackComputeCloud(conn)
         server = cloud.apply(_server_work(plan_id, "app-0"), Progress())
-        cleanup.add("server", lambda: _delete_server(conn, server["id"]))
+        cleanup.add("server", lambda: delete_server(conn, server["id"]))
         # The volume as the storage service makes it: Cinder metadata marks of step volume/app-0/data.
         volume_owner = Owner(plan_id, str(uuid.uuid4()), "volume/app-0/data")
         volume = conn.block_storage.create_volume(
@@ -324,14 +320,14 @@ class TestVolumeAttachment:
     def test_missing_volume_is_retriable_and_names_its_step(
         self, conn: Any, plan_id: str, net: PlanNetwork, cleanup: Cleanup
     ) -> None:
-        cloud = ComputeCloud(conn)
+        cloud = OpenStackComputeCloud(conn)
         work = _work(plan_id, "volume_attachment", "volume-attachment/app-0/data", server="app-0", volume="app-0-data")
         with pytest.raises(CloudError) as raised:
             cloud.apply(work, Progress())
         assert "server/app-0" in raised.value.message
         assert raised.value.retriable is True
         server = cloud.apply(_server_work(plan_id, "app-0"), Progress())
-        cleanup.add("server", lambda: _delete_server(conn, server["id"]))
+        cleanup.add("server", lambda: delete_server(conn, server["id"]))
         with pytest.raises(CloudError) as raised:
             cloud.apply(work, Progress())
         assert "volume/app-0/data" in raised.value.message
@@ -344,24 +340,12 @@ def _delete_volume(conn: Any, volume: Any) -> None:
     conn.block_storage.wait_for_delete(volume, wait=120)
 
 
-def _http_error(cls: type[Exception], status: int, body: dict[str, Any]) -> Any:
-    response = requests.Response()
-    response.status_code = status
-    response.headers["content-type"] = "application/json"
-    response._content = json.dumps(body).encode()
-    try:
-        openstack.exceptions.raise_from_response(response)
-    except cls as exc:
-        return exc
-    raise AssertionError("raise_from_response did not raise")
-
-
 class TestTranslate:
     work = _work("p", "server", "server/web-0")
 
     def test_quota_keeps_novas_message(self) -> None:
         message = "Quota exceeded for instances: Requested 1, but already used 10 of 10 instances"
-        exc = _http_error(openstack.exceptions.ForbiddenException, 403, {"forbidden": {"message": message}})
+        exc = http_error(403, cls=openstack.exceptions.ForbiddenException, body={"forbidden": {"message": message}})
         error = translate(exc, self.work)
         assert error.message == message
         assert error.http_status == 403
@@ -380,7 +364,7 @@ class TestTranslate:
         ],
     )
     def test_status_decides_retriable(self, status: int, message: str, retriable: bool) -> None:
-        exc = _http_error(openstack.exceptions.HttpException, status, {"error": {"message": message}})
+        exc = http_error(status, cls=openstack.exceptions.HttpException, body={"error": {"message": message}})
         error = translate(exc, self.work)
         assert (error.message, error.http_status, error.retriable) == (message, status, retriable)
 

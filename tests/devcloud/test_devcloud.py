@@ -12,6 +12,7 @@ import pytest
 
 from devcloud.cloud import Devcloud
 from devcloud.settings import DevcloudSettings
+from tests.fixtures.cloud_helpers import delete_server
 from tests.fixtures.openstack import Cleanup, CloudUnderTest
 
 pytestmark = pytest.mark.devcloud
@@ -68,7 +69,7 @@ def test_a_whole_service_is_built_and_torn_down_leaving_nothing(
             name=f"{n}-web{i}", flavor_id=flavor.id, image_id=image.id, networks=[{"uuid": net.id}],
             security_groups=[{"name": sg.name}], scheduler_hints={"group": group.id},
         )  # fmt: skip
-        cleanup.add("server", functools.partial(_delete_server, conn, server))
+        cleanup.add("server", functools.partial(delete_server, conn, server))
         servers.append(server)
     servers = [conn.compute.wait_for_server(s, status="ACTIVE", failures=["ERROR"], wait=180) for s in servers]
     hosts = {admin.compute.get_server(s.id).compute_host for s in servers}
@@ -142,11 +143,6 @@ def test_a_whole_service_is_built_and_torn_down_leaving_nothing(
     assert not any(left.values()), left
 
 
-def _delete_server(conn: Any, server: Any) -> None:
-    conn.compute.delete_server(server)
-    conn.compute.wait_for_delete(server, wait=120)
-
-
 def _delete_volume(conn: Any, volume: Any) -> None:
     conn.block_storage.delete_volume(volume)
     conn.block_storage.wait_for_delete(volume, wait=120)
@@ -179,7 +175,7 @@ def test_quota_exceeded_is_the_real_nova_error(test_cloud: CloudUnderTest, uniqu
     flavor, image = admin.compute.find_flavor("m1.tiny"), admin.image.find_image("devcloud-tiny")
     conn = _project_with_quota(admin, unique_name, cleanup, instances=1)
     first = conn.compute.create_server(name=f"{unique_name}-1", flavor_id=flavor.id, image_id=image.id, networks="none")
-    cleanup.add("server", lambda: _delete_server(conn, first))
+    cleanup.add("server", lambda: delete_server(conn, first))
     # Nova's API counts instances in the cell database; a server still waiting for the conductor is not
     # there yet (a second request then passes the API check and fails later in the conductor's recheck).
     conn.compute.wait_for_server(first, status="ACTIVE", failures=["ERROR"], wait=120)
@@ -199,7 +195,7 @@ def test_no_valid_host_is_the_real_scheduler_error(
     image = admin.image.find_image("devcloud-tiny")
     conn = _project_with_quota(admin, unique_name, cleanup, ram=-1)  # quota must not be what stops it
     server = conn.compute.create_server(name=unique_name, flavor_id=huge.id, image_id=image.id, networks="none")
-    cleanup.add("server", lambda: _delete_server(conn, server))
+    cleanup.add("server", lambda: delete_server(conn, server))
     with pytest.raises(openstack.exceptions.ResourceFailure):
         conn.compute.wait_for_server(server, status="ACTIVE", failures=["ERROR"], wait=120)
     failed = conn.compute.get_server(server.id)
@@ -245,4 +241,4 @@ def test_down_then_up_again_is_warm_and_the_cloud_works(test_cloud: CloudUnderTe
     try:
         conn.compute.wait_for_server(server, status="ACTIVE", failures=["ERROR"], wait=120)
     finally:
-        _delete_server(conn, server)
+        delete_server(conn, server)

@@ -3,7 +3,6 @@ checked in OpenStack directly, applied again, and destroyed in reverse order."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -14,12 +13,13 @@ from typing import Any
 import keystoneauth1.exceptions
 import openstack
 import pytest
-import requests
 
-from services.network.cloud import IMMUTABLE_HINT, IN_USE_HINT, OVERLAP_HINT, QUOTA_HINT, NetworkCloud, translate
+from services.network.cloud import OpenStackNetworkCloud, translate
 from services.planner.plans.compiler import Step, compile_plan
 from services.planner.plans.spec import validate_plan
-from shared.cloud import CloudError, Owner, StepWork, plan_tag, resource_name, step_tag
+from shared.executor.errors import IMMUTABLE_HINT, IN_USE_HINT, OVERLAP_HINT, QUOTA_HINT, CloudError
+from shared.executor.marks import Owner, StepWork, plan_tag, resource_name, step_tag
+from tests.fixtures.cloud_helpers import delete_server, http_error
 from tests.fixtures.openstack import CloudUnderTest
 
 pytestmark = pytest.mark.devcloud
@@ -76,7 +76,7 @@ def _noop(message: str) -> None:
 @dataclass
 class Built:
     conn: Any
-    cloud: NetworkCloud
+    cloud: OpenStackNetworkCloud
     plan_id: str
     steps: list[Step]
     works: dict[str, StepWork]
@@ -107,11 +107,6 @@ def _create_server(conn: Any, work: StepWork, built: Built) -> Any:
     return conn.compute.wait_for_server(server, status="ACTIVE", failures=["ERROR"], interval=1, wait=180)
 
 
-def _delete_server(conn: Any, server: Any) -> None:
-    conn.compute.delete_server(server, ignore_missing=True)
-    conn.compute.wait_for_delete(server, interval=1, wait=180)
-
-
 def _apply_all(built: Built) -> None:
     for step in built.steps:
         if step.service == "compute":
@@ -129,7 +124,7 @@ def _destroy_all(built: Built) -> dict[str, bool]:
         if step.service == "compute":
             server = built.servers.pop(step.key, None)
             if server is not None:
-                _delete_server(built.conn, server)
+                delete_server(built.conn, server)
             continue
         done[step.key] = built.cloud.destroy(built.works[step.key], built.progress.append)
     return done
@@ -159,7 +154,7 @@ def built(test_cloud: CloudUnderTest) -> Iterator[Built]:
     graph = compile_plan(validate_plan(PLAN))
     steps = [graph.steps[k] for k in graph.order()]
     works = {s.key: StepWork(Owner(plan_id, run_id, s.key), s.kind, s.path, dict(s.params)) for s in steps}
-    built = Built(conn, NetworkCloud(conn), plan_id, steps, works, {}, {})
+    built = Built(conn, OpenStackNetworkCloud(conn), plan_id, steps, works, {}, {})
     try:
         _apply_all(built)
         log.info("apply timings (s): %s", {k: round(v, 2) for k, v in built.timings.items()})
@@ -169,7 +164,7 @@ def built(test_cloud: CloudUnderTest) -> Iterator[Built]:
             try:
                 if step.service == "compute":
                     for server in conn.compute.servers(tags=built.tags(step.key)):
-                        _delete_server(conn, server)
+                        delete_server(conn, server)
                 else:
                     built.cloud.destroy(works[step.key], _noop)
             except (CloudError, openstack.exceptions.SDKException) as exc:
@@ -336,15 +331,15 @@ class TestApplyAgain:
 
     def test_read_helpers_list_the_plans_resources(self, built: Built) -> None:
         cloud = built.cloud
-        assert [n["id"] for n in cloud.list_networks(built.plan_id)] == [built.outputs["network/web-net"]["id"]]
+        assert [n.id for n in cloud.list_networks(built.plan_id)] == [built.outputs["network/web-net"]["id"]]
         (router,) = cloud.list_routers(built.plan_id)
-        assert router["external_ip"] == built.outputs["router/edge"]["external_gateway_ip"]
-        assert {g["name"] for g in cloud.list_security_groups(built.plan_id)} == {built.name("web"), built.name("app")}
-        fips = {f["floating_ip_address"] for f in cloud.list_floating_ips(built.plan_id)}
+        assert router.external_ip == built.outputs["router/edge"]["external_gateway_ip"]
+        assert {g.name for g in cloud.list_security_groups(built.plan_id)} == {built.name("web"), built.name("app")}
+        fips = {f.floating_ip_address for f in cloud.list_floating_ips(built.plan_id)}
         assert fips == {built.outputs[f"floating-ip/web-{i}"]["floating_ip_address"] for i in range(2)}
         (lb,) = cloud.list_load_balancers(built.plan_id)
-        assert (lb["status"], lb["vip_address"]) == ("ACTIVE", built.outputs["load-balancer/front"]["vip_address"])
-        assert plan_tag(built.plan_id) in lb["tags"]
+        assert (lb.status, lb.vip_address) == ("ACTIVE", built.outputs["load-balancer/front"]["vip_address"])
+        assert plan_tag(built.plan_id) in lb.tags
 
 
 class TestErrors:
@@ -411,27 +406,13 @@ class TestErrors:
             conn = admin.connect_as_project(project.name)
             owner = Owner(str(uuid.uuid4()), str(uuid.uuid4()), "network/n")
             with pytest.raises(CloudError) as raised:
-                NetworkCloud(conn).apply(StepWork(owner, "network", "$.networks[0]", {"name": "n"}), _noop)
+                OpenStackNetworkCloud(conn).apply(StepWork(owner, "network", "$.networks[0]", {"name": "n"}), _noop)
             err = raised.value
             assert "Quota exceeded for resources: ['network']" in err.message, err.message
             assert (err.http_status, err.hint, err.retriable) == (409, QUOTA_HINT, False)
         finally:
             admin.network.delete_quota(project.id)
             admin.identity.delete_project(project)
-
-
-def _http_error(status: int, body: dict[str, Any]) -> Exception:
-    """The exception openstacksdk raises for this response, built by its own code."""
-    response = requests.Response()
-    response.status_code = status
-    response._content = json.dumps(body).encode()
-    response.headers["content-type"] = "application/json"
-    response.request = requests.Request("POST", "http://127.0.0.1/v2.0/ports").prepare()
-    try:
-        openstack.exceptions.raise_from_response(response)
-    except openstack.exceptions.HttpException as exc:
-        return exc
-    raise AssertionError("raise_from_response raised nothing")
 
 
 def _neutron(kind: str, message: str) -> dict[str, Any]:
@@ -449,25 +430,25 @@ class TestTranslate:
         ("exc", "message", "hint", "retriable"),
         [
             (
-                _http_error(409, _neutron("OverQuota", "Quota exceeded for resources: ['port'].")),
+                http_error(409, _neutron("OverQuota", "Quota exceeded for resources: ['port'].")),
                 "Quota exceeded for resources: ['port'].",
                 QUOTA_HINT,
                 False,
             ),
             (
-                _http_error(403, _octavia("Quota has been met for resources: Load Balancer")),
+                http_error(403, _octavia("Quota has been met for resources: Load Balancer")),
                 "Quota has been met for resources: Load Balancer",
                 QUOTA_HINT,
                 False,
             ),
             (
-                _http_error(409, _octavia("Load Balancer 1d8c is immutable and cannot be updated.")),
+                http_error(409, _octavia("Load Balancer 1d8c is immutable and cannot be updated.")),
                 "Load Balancer 1d8c is immutable and cannot be updated.",
                 IMMUTABLE_HINT,
                 True,
             ),
             (
-                _http_error(
+                http_error(
                     409, _neutron("IpAddressAlreadyAllocated", "IP address 10.0.0.5 already allocated in subnet s.")
                 ),
                 "IP address 10.0.0.5 already allocated in subnet s.",
@@ -475,7 +456,7 @@ class TestTranslate:
                 False,
             ),
             (
-                _http_error(
+                http_error(
                     409,
                     _neutron(
                         "NetworkInUse",
@@ -486,8 +467,8 @@ class TestTranslate:
                 None,
                 True,
             ),
-            (_http_error(503, {"message": "Service Unavailable"}), "Service Unavailable", None, True),
-            (_http_error(400, _neutron("HTTPBadRequest", "Invalid input")), "Invalid input", None, False),
+            (http_error(503, {"message": "Service Unavailable"}), "Service Unavailable", None, True),
+            (http_error(400, _neutron("HTTPBadRequest", "Invalid input")), "Invalid input", None, False),
         ],
     )
     def test_http_errors_keep_the_clouds_message_and_say_whether_to_retry(

@@ -23,7 +23,7 @@ from services.planner.previews.checks import Checker
 from services.planner.previews.diff import Catalog, compute_diff
 from services.planner.previews.live import Live
 from services.planner.settings import PlannerSettings
-from shared.cloud import step_tag
+from shared.executor.marks import step_tag
 from tests.fixtures.platform import Platform
 
 PLAN_ID = uuid.UUID("12345678-aaaa-bbbb-cccc-123456789abc")

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from shared.cloud import plan_tag
+from shared.executor.marks import plan_tag
 from tests.fixtures.openstack import CloudUnderTest
 from tests.fixtures.platform import Platform
 

@@ -25,9 +25,9 @@ from services.cli.infra import drop_database, ensure_database, free_port
 from services.cli.processes import ServiceProcess
 from services.planner.previews.service import ensure_preview_current
 from services.planner.settings import PlannerSettings
-from shared.cloud import plan_tag
 from shared.config import AuthStrategy
 from shared.errors import Conflict
+from shared.executor.marks import plan_tag
 from tests.fixtures.openstack import CloudUnderTest
 from tests.fixtures.platform import planner_env, service_env
 from tests.plans.test_apply import failures, run_to_end

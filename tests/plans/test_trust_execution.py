@@ -15,11 +15,11 @@ import openstack
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from shared.cloud import plan_tag
 from shared.config import CloudExecutorSettings
 from shared.events.envelope import decode, encode_headers, encode_value, kafka_headers, new_event_id
 from shared.events.steps import ApplyStepV1, DestroyStepV1, StepProgressedV1
-from shared.operations import StepCredentials
+from shared.executor.credentials import StepCredentials
+from shared.executor.marks import plan_tag
 from shared.topics import commands_topic, events_topic
 from tests.fixtures.openstack import Cleanup, CloudUnderTest
 from tests.fixtures.platform import Platform

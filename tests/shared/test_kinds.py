@@ -15,7 +15,6 @@ from pydantic import TypeAdapter, ValidationError
 
 from services.planner.plans.compiler import Graph, Step, compile_plan
 from services.planner.plans.spec import validate_plan
-from shared.cloud import CloudError
 from shared.events import REGISTRY
 from shared.events.envelope import decode, encode_headers, encode_value, kafka_headers
 from shared.events.kinds import (
@@ -40,6 +39,7 @@ from shared.events.kinds import (
     step_key,
 )
 from shared.events.steps import ApplyStepV1, ApplyStepV2, DestroyStepV2
+from shared.executor.errors import CloudError
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
 import openstack
 import pytest
-import requests
 
-from services.storage.cloud import StorageCloud, translate
-from shared.cloud import CloudError, Owner, StepWork
+from services.storage.cloud import OpenStackStorageCloud, translate
+from shared.executor.errors import CloudError
+from shared.executor.marks import Owner, StepWork
+from tests.fixtures.cloud_helpers import delete_server, http_error
 from tests.fixtures.openstack import Cleanup, CloudUnderTest, Progress
 
 pytestmark = pytest.mark.devcloud
@@ -75,7 +75,7 @@ class TestVolume:
     def test_creates_a_marked_available_volume_once_and_destroys_it(
         self, conn: Any, plan_id: str, cleanup: Cleanup
     ) -> None:
-        cloud = StorageCloud(conn)
+        cloud = OpenStackStorageCloud(conn)
         work = _volume_work(plan_id)
         progress = Progress()
         out = cloud.apply(work, progress)
@@ -90,9 +90,9 @@ class TestVolume:
 
         assert cloud.apply(work, Progress())["id"] == out["id"]
         assert [v.id for v in _marked_volumes(conn, plan_id, "volume/data")] == [out["id"]]
-        listed = [v for v in cloud.list_volumes() if v["id"] == out["id"]]
-        assert listed[0]["plan_id"] == plan_id
-        assert listed[0]["step_key"] == "volume/data"
+        listed = [v for v in cloud.list_volumes() if v.id == out["id"]]
+        assert listed[0].plan_id == plan_id
+        assert listed[0].step_key == "volume/data"
 
         assert cloud.destroy(work, Progress()) is True
         assert _volume(conn, out["id"]) is None
@@ -100,7 +100,7 @@ class TestVolume:
         assert cloud.destroy(work, Progress()) is False
 
     def test_a_volume_in_error_is_replaced(self, conn: Any, admin: Any, plan_id: str, cleanup: Cleanup) -> None:
-        cloud = StorageCloud(conn)
+        cloud = OpenStackStorageCloud(conn)
         work = _volume_work(plan_id, "volume/app-0/data", "app-0-data")
         first = cloud.apply(work, Progress())
         cleanup.add("volume", lambda: _delete_volume(conn, first["id"]))
@@ -116,7 +116,7 @@ class TestVolume:
         assert cloud.destroy(work, Progress()) is True
 
     def test_destroying_an_attached_volume_is_retriable(self, conn: Any, plan_id: str, cleanup: Cleanup) -> None:
-        cloud = StorageCloud(conn)
+        cloud = OpenStackStorageCloud(conn)
         work = _volume_work(plan_id)
         out = cloud.apply(work, Progress())
         cleanup.add("volume", lambda: _delete_volume(conn, out["id"]))
@@ -124,7 +124,7 @@ class TestVolume:
             name=work.owner.name("holder"), flavor_id=conn.compute.find_flavor("m1.tiny").id,
             image_id=conn.image.find_image("devcloud-tiny").id, networks="none",
         )  # fmt: skip
-        cleanup.add("server", lambda: _delete_server(conn, server))
+        cleanup.add("server", lambda: delete_server(conn, server))
         conn.compute.wait_for_server(server, status="ACTIVE", failures=["ERROR"], wait=120)
         conn.compute.create_volume_attachment(server, out["id"])
         conn.block_storage.wait_for_status(conn.block_storage.get_volume(out["id"]), status="in-use", wait=120)
@@ -141,16 +141,11 @@ class TestVolume:
         assert _volume(conn, out["id"]) is None
 
 
-def _delete_server(conn: Any, server: Any) -> None:
-    conn.compute.delete_server(server, ignore_missing=True)
-    conn.compute.wait_for_delete(server, wait=120)
-
-
 class TestObjectContainer:
     def test_creates_a_marked_container_once_and_destroys_it_with_its_objects(
         self, conn: Any, plan_id: str, cleanup: Cleanup
     ) -> None:
-        cloud = StorageCloud(conn)
+        cloud = OpenStackStorageCloud(conn)
         work = _container_work(plan_id)
         name = work.owner.name("assets")
         out = cloud.apply(work, Progress())
@@ -163,7 +158,7 @@ class TestObjectContainer:
 
         assert cloud.apply(work, Progress()) == out
         assert [c.name for c in conn.object_store.containers(prefix=name)] == [name]
-        assert name in {c["name"] for c in cloud.list_containers()}
+        assert name in {c.name for c in cloud.list_containers()}
 
         conn.object_store.upload_object(container=name, name="index.html", data=b"<h1>hello</h1>")
         conn.object_store.upload_object(container=name, name="css/site.css", data=b"h1 {}")
@@ -174,7 +169,7 @@ class TestObjectContainer:
         assert cloud.destroy(work, Progress()) is False
 
     def test_a_name_taken_by_another_container_is_refused(self, conn: Any, plan_id: str, cleanup: Cleanup) -> None:
-        cloud = StorageCloud(conn)
+        cloud = OpenStackStorageCloud(conn)
         work = _container_work(plan_id, "logs")
         name = work.owner.name("logs")
         conn.object_store.create_container(name=name)
@@ -187,24 +182,12 @@ class TestObjectContainer:
         assert [c.name for c in conn.object_store.containers(prefix=name)] == [name]
 
 
-def _http_error(status: int, body: dict[str, Any]) -> Any:
-    response = requests.Response()
-    response.status_code = status
-    response.headers["content-type"] = "application/json"
-    response._content = json.dumps(body).encode()
-    try:
-        openstack.exceptions.raise_from_response(response)
-    except openstack.exceptions.HttpException as exc:
-        return exc
-    raise AssertionError("raise_from_response did not raise")
-
-
 class TestTranslate:
     work = _volume_work("p")
 
     def test_cinder_quota_keeps_its_message(self) -> None:
         message = "VolumeLimitExceeded: Maximum number of volumes allowed (10) exceeded for quota 'volumes'."
-        error = translate(_http_error(413, {"overLimit": {"code": 413, "message": message}}), self.work)
+        error = translate(http_error(413, {"overLimit": {"code": 413, "message": message}}), self.work)
         assert error.message == message
         assert error.retriable is False
         assert error.hint == "raise the project's quota or lower the plan's count"
@@ -219,5 +202,5 @@ class TestTranslate:
         ],
     )
     def test_status_decides_retriable(self, status: int, message: str, retriable: bool) -> None:
-        error = translate(_http_error(status, {"badRequest": {"message": message}}), self.work)
+        error = translate(http_error(status, {"badRequest": {"message": message}}), self.work)
         assert (error.message, error.http_status, error.retriable) == (message, status, retriable)

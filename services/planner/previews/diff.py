@@ -12,8 +12,8 @@ from uuid import UUID
 
 from services.planner.plans.compiler import Graph, Step
 from services.planner.previews.live import Live
-from shared.cloud import step_tag
 from shared.events.kinds import PREFIX_BY_NAME, Kind, delete_rank
+from shared.executor.marks import step_tag
 
 Action = Literal["create", "change", "delete", "unchanged"]
 

@@ -2,7 +2,7 @@
 
 The planner owns no cloud state, so it asks the domain services (compute, network, storage) over HTTP for
 what is live: quota and usage, flavors, images, external networks, host capacity, and the resources each
-holds of this plan (found by the plan's marks, ``shared.cloud``). All reads go out at once; the plan is
+holds of this plan (found by the plan's marks, ``shared.executor.marks``). All reads go out at once; the plan is
 compiled meanwhile. From the answers:
 
 - the **diff**, resource by resource and keyed like the compiled steps: ``create`` (no live resource),

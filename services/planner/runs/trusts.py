@@ -27,7 +27,7 @@ from services.planner.runs import repository
 from shared.auth import KEYSTONE_TIMEOUT_SECONDS, TOKEN_HEADER, Caller, Forbidden, v3_url
 from shared.config import AuthStrategy, ServiceSettings
 from shared.errors import DependencyUnavailable
-from shared.trusts import trust_auth
+from shared.executor.credentials import trust_auth
 
 log = structlog.get_logger(__name__)
 

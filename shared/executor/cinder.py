@@ -3,11 +3,11 @@ and waited on until they reach a status."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
-from shared.cloud import CloudError
+from shared.executor.errors import CloudError
+from shared.executor.wait import wait_for_status
 
 
 def find_marked_volumes(conn: Any, plan_id: str, step_key: str) -> list[Any]:
@@ -28,26 +28,29 @@ def wait_volume(
     conn: Any, volume: Any, targets: set[str], progress: Callable[[str], None], timeout: float, interval: float
 ) -> Any:
     """Poll until the volume reaches one of ``targets``; an error status or the timeout is a CloudError."""
-    deadline = time.monotonic() + timeout
-    seen = None
-    while True:
-        volume = conn.block_storage.get_volume(volume.id)
-        if volume.status != seen:
-            progress(f"volume {volume.status}")
-            seen = volume.status
-        if volume.status in targets:
-            return volume
-        if volume.status.startswith("error"):
-            raise CloudError(
-                f"volume {volume.name} went to {volume.status} while waiting for {'/'.join(sorted(targets))}",
-                hint="see the volume's messages in Cinder; it is left for rollback or inspection",
-                resource_id=volume.id,
-            )
-        if time.monotonic() > deadline:
-            raise CloudError(
-                f"volume {volume.name} still {volume.status} after {timeout:.0f}s",
-                hint="the cloud is slow; retrying",
-                retriable=True,
-                resource_id=volume.id,
-            )
-        time.sleep(interval)
+
+    def failed(v: Any) -> CloudError | None:
+        if not v.status.startswith("error"):
+            return None
+        return CloudError(
+            f"volume {v.name} went to {v.status} while waiting for {'/'.join(sorted(targets))}",
+            hint="see the volume's messages in Cinder; it is left for rollback or inspection",
+            resource_id=v.id,
+        )
+
+    return wait_for_status(
+        lambda: conn.block_storage.get_volume(volume.id),
+        state=lambda v: v.status,
+        done=lambda v: v.status in targets,
+        describe=lambda v: f"volume {v.status}",
+        failed=failed,
+        slow=lambda v: CloudError(
+            f"volume {v.name} still {v.status} after {timeout:.0f}s",
+            hint="the cloud is slow; retrying",
+            retriable=True,
+            resource_id=v.id,
+        ),
+        progress=progress,
+        timeout=timeout,
+        interval=interval,
+    )

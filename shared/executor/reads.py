@@ -3,8 +3,12 @@ called in a thread. With Keystone (``DCOSTACK_AUTH_STRATEGY=keystone``) a read a
 caller's validated token (shared/auth.py) is the credential, so it sees the caller's project and nothing
 else. Under noauth it reads in the project of the service's cloud (clouds.yaml entry ``DCOSTACK_CLOUD``).
 
-A read may take query parameters: those its adapter method names as keyword arguments are passed on as
-strings (``GET /v1/compute/plan-resources?plan_id=...`` calls ``plan_resources(plan_id=...)``). A read may
+Each read is a method of the service's adapter Protocol (``{"flavors": ComputeCloud.list_flavors}``): mypy
+checks that it exists, its docstring is the endpoint's description, and its return type (frozen models of
+shared/executor/models.py) is the response model. The JSON is ``{<path>: <what the method returned>}``,
+with only the keys the adapter set. A read may take query parameters: those the method names as keyword
+arguments are passed on as strings (``GET /v1/compute/plan-resources?plan_id=...`` calls
+``plan_resources(plan_id=...)``). A read may
 use another clouds.yaml entry than ``DCOSTACK_CLOUD`` (``cloud_setting``), e.g. an admin credential for
 Placement; when that setting is unset the read answers ``{<path>: null, "not_run": <why>}`` instead of
 guessing, so a caller can say the check was not run and why."""
@@ -17,10 +21,11 @@ import inspect
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, get_type_hints
 
 from cachetools import TTLCache
 from fastapi import APIRouter, Request
+from pydantic import ConfigDict, Field, create_model
 
 from shared.auth import TOKEN_CACHE_SECONDS, Caller, Reader, v3_url
 from shared.config import ENV_PREFIX, ServiceSettings
@@ -35,17 +40,18 @@ _READ_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cloud-rea
 def cloud_read_router(
     service: str,
     adapter: Callable[[Any], Any],
-    reads: dict[str, str],
+    reads: dict[str, Callable[..., Any]],
     *,
     cloud_setting: str = "cloud",
     unset_reason: str = "",
     optional: bool = False,
 ) -> APIRouter:
-    """``GET /v1/<service>/<path>`` for each ``path → adapter method`` in ``reads``.
+    """``GET /v1/<service>/<path>`` for each ``path → Protocol method`` in ``reads``, called on ``adapter``
+    (the implementation, built from an openstacksdk connection).
 
-    ``cloud_setting`` names the settings field holding the clouds.yaml entry the adapter connects to;
-    ``unset_reason`` is what an unset one means for the caller. An ``optional`` read that fails (e.g. the
-    entry's credential may not read Placement) answers ``{<path>: null, "not_run": <the error>}``."""
+        ``cloud_setting`` names the settings field holding the clouds.yaml entry the adapter connects to;
+        ``unset_reason`` is what an unset one means for the caller. An ``optional`` read that fails (e.g. the
+        entry's credential may not read Placement) answers ``{<path>: null, "not_run": <the error>}``."""
     router = APIRouter(prefix=f"/v1/{service}", tags=[service])
     lock = threading.Lock()
     variable = ENV_PREFIX + cloud_setting.upper()
@@ -84,8 +90,11 @@ def cloud_read_router(
                 mine[key] = found
             return found
 
-    def add(path: str, method: str) -> None:
-        accepted = _parameters(adapter, method)
+    def add(path: str, method: Callable[..., Any]) -> None:
+        name = method.__name__
+        if not callable(getattr(adapter, name, None)):
+            raise TypeError(f"{adapter!r} does not implement {method.__qualname__}")
+        accepted = _parameters(method)
 
         async def read(request: Request, who: Reader) -> dict[str, Any]:
             cloud = getattr(request.app.state.runtime.settings, cloud_setting, None)
@@ -101,7 +110,7 @@ def cloud_read_router(
 
             def call() -> Any:
                 try:
-                    return getattr(connected(request, cloud, caller), method)(**kwargs)
+                    return getattr(connected(request, cloud, caller), name)(**kwargs)
                 except DcostackError:
                     raise
                 except Exception as exc:
@@ -114,10 +123,17 @@ def cloud_read_router(
                     raise
                 return {path: None, "not_run": f"reading it with {variable}={cloud!r} failed: {exc.detail}"}
 
-        doc = inspect.getdoc(getattr(adapter, method, None))
+        doc = inspect.getdoc(method)
         read.__name__ = f"read_{path.replace('-', '_')}"
         read.__doc__ = doc or f"The {path.replace('-', ' ')} in the service's project, read from OpenStack."
-        router.add_api_route(f"/{path}", read, methods=["GET"], name=read.__name__)
+        router.add_api_route(
+            f"/{path}",
+            read,
+            methods=["GET"],
+            name=read.__name__,
+            response_model=_response_model(service, path, method),
+            response_model_exclude_unset=True,
+        )
 
     for path, method in reads.items():
         add(path, method)
@@ -145,13 +161,22 @@ def connect_as(caller: Caller, settings: ServiceSettings) -> Any:
     return Connection(session=sess, region_name=region, interface=interface)
 
 
-def _parameters(adapter: Any, method: str) -> dict[str, bool]:
-    """Keyword parameters of ``adapter.method`` (name → required), the query parameters a read takes."""
-    found = getattr(adapter, method, None)
-    if found is None:
-        raise TypeError(f"{adapter!r} has no method {method!r}")
+def _parameters(method: Callable[..., Any]) -> dict[str, bool]:
+    """Keyword parameters of ``method`` (name → required), the query parameters a read takes."""
     out: dict[str, bool] = {}
-    for name, p in list(inspect.signature(found).parameters.items())[1:]:
+    for name, p in list(inspect.signature(method).parameters.items())[1:]:
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
             out[name] = p.default is inspect.Parameter.empty
     return out
+
+
+def _response_model(service: str, path: str, method: Callable[..., Any]) -> Any:
+    """``{<path>: <the method's return type> | null, "not_run": <why>}``: the read's response model."""
+    returns = get_type_hints(method)["return"]
+    title = "".join(part.title() for part in [service, *path.split("-")])
+    return create_model(
+        f"{title}Read",
+        __config__=ConfigDict(frozen=True, populate_by_name=True),
+        value=(returns | None, Field(alias=path)),
+        not_run=(str | None, Field(None, description="Why the read was not run (its credential is missing)")),
+    )

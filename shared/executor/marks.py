@@ -1,4 +1,4 @@
-"""How DCOSTACK marks what it creates in OpenStack, and how cloud failures are reported.
+"""How DCOSTACK marks what it creates in OpenStack.
 
 Every resource a step creates carries its plan, run and step, so a redelivered command finds the
 resource it already made instead of creating a second one, and a destroy (or a test) can list all
@@ -20,8 +20,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
-
-from shared.errors import DcostackError
 
 
 def plan_tag(plan_id: str) -> str:
@@ -64,35 +62,3 @@ class StepWork:
     kind: str  # as the planner's compiler names it: network, subnet, server, member, ...
     path: str  # JSON path in the plan, for error messages
     params: dict[str, Any] = field(default_factory=dict)
-
-
-class CloudError(DcostackError):
-    """A cloud call failed. ``message`` is the cloud's own words (Nova fault, Neutron detail, quota
-    used/limit); ``hint`` says what the user can change; ``retriable`` whether trying again may help."""
-
-    status_code = 502
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        hint: str = "",
-        retriable: bool = False,
-        http_status: int | None = None,
-        resource_id: str | None = None,
-    ) -> None:
-        super().__init__(message + (f" ({hint})" if hint else ""))
-        self.message = message
-        self.hint = hint
-        self.retriable = retriable
-        self.http_status = http_status
-        self.resource_id = resource_id
-
-    def to_event(self) -> dict[str, Any]:
-        return {
-            "message": self.message,
-            "hint": self.hint,
-            "retriable": self.retriable,
-            "http_status": self.http_status,
-            "resource_id": self.resource_id,
-        }
