@@ -11,7 +11,7 @@ otherwise. The operation itself is never run twice.
 from __future__ import annotations
 
 from shared.bus.handlers import HandlerContext, HandlerRegistry
-from shared.events.steps import ApplyStepV1, DestroyStepV1
+from shared.events.steps import ApplyStepV1, ApplyStepV2, DestroyStepV1, DestroyStepV2
 from shared.executor import repository
 from shared.executor.models import latest_progress
 from shared.logging import get_logger
@@ -20,7 +20,9 @@ from shared.topics import events_topic
 log = get_logger(__name__)
 
 
-async def accept(cmd: ApplyStepV1 | DestroyStepV1, ctx: HandlerContext, action: str, service: str) -> None:
+async def accept(
+    cmd: ApplyStepV1 | DestroyStepV1 | ApplyStepV2 | DestroyStepV2, ctx: HandlerContext, action: str, service: str
+) -> None:
     """Record ``cmd`` as an operation, or answer it again when its dispatch id is known."""
     if await repository.insert(ctx.tx, cmd, action, ctx.envelope.correlation_id, ctx.envelope.project_id):
         return
@@ -40,7 +42,8 @@ async def accept(cmd: ApplyStepV1 | DestroyStepV1, ctx: HandlerContext, action: 
 
 
 def register_step_handlers(handlers: HandlerRegistry, service: str) -> None:
-    """Accept ApplyStepV1 / DestroyStepV1 commands as operations (idempotent by dispatch id)."""
+    """Accept apply/destroy step commands as operations (idempotent by dispatch id). V2 carries typed
+    params (shared/events/kinds.py); V1 stays accepted until nothing sends it."""
 
     @handlers.handles(ApplyStepV1)
     async def apply_step(cmd: ApplyStepV1, ctx: HandlerContext) -> None:
@@ -48,4 +51,12 @@ def register_step_handlers(handlers: HandlerRegistry, service: str) -> None:
 
     @handlers.handles(DestroyStepV1)
     async def destroy_step(cmd: DestroyStepV1, ctx: HandlerContext) -> None:
+        await accept(cmd, ctx, "destroy", service)
+
+    @handlers.handles(ApplyStepV2)
+    async def apply_step_v2(cmd: ApplyStepV2, ctx: HandlerContext) -> None:
+        await accept(cmd, ctx, "apply", service)
+
+    @handlers.handles(DestroyStepV2)
+    async def destroy_step_v2(cmd: DestroyStepV2, ctx: HandlerContext) -> None:
         await accept(cmd, ctx, "destroy", service)

@@ -10,12 +10,12 @@ from uuid import UUID
 
 import asyncpg
 
-from shared.events.steps import ApplyStepV1, DestroyStepV1
+from shared.events.steps import ApplyStepV1, ApplyStepV2, DestroyStepV1, DestroyStepV2
 
 
 async def insert(
     tx: asyncpg.Connection,
-    cmd: ApplyStepV1 | DestroyStepV1,
+    cmd: ApplyStepV1 | DestroyStepV1 | ApplyStepV2 | DestroyStepV2,
     action: str,
     correlation_id: str | None,
     project_id: str | None,
@@ -34,7 +34,7 @@ async def insert(
         cmd.step_key,
         cmd.kind,
         cmd.path,
-        json.dumps(cmd.params),
+        json.dumps(cmd.params if isinstance(cmd, ApplyStepV1 | DestroyStepV1) else cmd.params.as_dict()),
         cmd.timeout_seconds,
         correlation_id,
         project_id,

@@ -2,7 +2,7 @@
 cancel, rollback, hold and resume.
 
 Compute, network and storage are played by :class:`FakeDomains`, a consumer of their command topics that
-answers every ApplyStepV1/DestroyStepV1 with StepProgressedV1 events on their event topics, as the test's
+answers every apply/destroy step command (V2, or V1) with StepProgressedV1 events on their event topics, as the test's
 rule says (succeed, fail, hold until released, or succeed but lose the answer), and keeps which step keys
 "exist" per plan. Like the real executors, it takes a command again under the same dispatch id as asking
 for the latest progress: it does the step once and repeats its answer. It also
@@ -38,7 +38,7 @@ from services.planner.plans.spec import validate_plan
 from services.planner.runs.ordering import collapse, destroy_after, destroy_order, reverse_edges
 from shared.db import SHARED_MIGRATIONS, discover, migrate
 from shared.events.envelope import decode, encode_headers, encode_value, kafka_headers, new_event_id
-from shared.events.steps import ApplyStepV1, DestroyStepV1, RunChangedV2, StepProgressedV1
+from shared.events.steps import ApplyStepV1, ApplyStepV2, DestroyStepV1, DestroyStepV2, RunChangedV2, StepProgressedV1
 from shared.topics import commands_topic, events_topic
 from tests.fixtures.platform import service_env, wait_for
 
@@ -73,6 +73,8 @@ class FakeDomains:
         self.answered: dict[uuid.UUID, str] = {}
         #: commands that came again under a dispatch id already seen (the planner asked again)
         self.repeated: list[Command] = []
+        #: the command types received, per run (the planner sends V2 with typed params)
+        self.command_types: dict[str, set[str]] = {}
         self._releases: queue.Queue[tuple[str, str]] = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
@@ -143,9 +145,11 @@ class FakeDomains:
             with self.lock:
                 self.run_states.setdefault(str(data.run_id), []).append(data.state)
             return
-        if not isinstance(data, ApplyStepV1 | DestroyStepV1):
+        if not isinstance(data, ApplyStepV1 | DestroyStepV1 | ApplyStepV2 | DestroyStepV2):
             return
-        action = "apply" if isinstance(data, ApplyStepV1) else "destroy"
+        action = "apply" if isinstance(data, ApplyStepV1 | ApplyStepV2) else "destroy"
+        with self.lock:
+            self.command_types.setdefault(str(data.run_id), set()).add(type(data).__name__)
         service = {"server": "compute", "server_group": "compute", "volume_attachment": "compute"}.get(data.kind)
         service = service or ("storage" if data.kind in ("volume", "object_container") else "network")
         cmd = Command(action, data.step_key, str(data.plan_id), str(data.run_id), data.dispatch_id, service)
@@ -352,6 +356,7 @@ class TestScaleByDiff:
         assert fake.keys(plan_id) == graph_keys(web_plan(2))
         assert {s["state"] for s in run["steps"]} == {"succeeded"}
         assert "15 removed" in run["message"]
+        assert fake.command_types[run_id] == {"ApplyStepV2", "DestroyStepV2"}, "typed V2 commands only"
 
         # Scaling out again only adds, and a re-apply of the same version changes nothing.
         update(api, plan_id, web_plan(3))

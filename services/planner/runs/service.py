@@ -38,6 +38,7 @@ from typing import Any, cast
 from uuid import UUID
 
 import asyncpg
+from pydantic import ValidationError
 
 from services.planner.plans import repository as plans_repository
 from services.planner.plans import service as plans_service
@@ -72,7 +73,8 @@ from services.planner.settings import PlannerSettings
 from shared.auth import Caller
 from shared.bus import OutboxRow, make_outbox_row, write_outbox
 from shared.errors import Conflict, DependencyUnavailable, InvalidInput, NotFound
-from shared.events.steps import ApplyStepV1, DestroyStepV1, RunChangedV2, StepProgressedV1
+from shared.events.kinds import Kind, parse_params
+from shared.events.steps import ApplyStepV1, ApplyStepV2, DestroyStepV1, DestroyStepV2, RunChangedV2, StepProgressedV1
 from shared.logging import get_logger
 from shared.topics import commands_topic, events_topic
 
@@ -495,19 +497,28 @@ async def _apply(
 
 
 def _command(run: asyncpg.Record, step: asyncpg.Record, step_timeout: float) -> OutboxRow:
-    """The command that asks the step's service to do it, under the step's current dispatch id."""
-    command = ApplyStepV1 if step["action"] == "apply" else DestroyStepV1
-    data = command(
-        dispatch_id=step["dispatch_id"],
-        run_id=run["id"],
-        plan_id=run["plan_id"],
-        step_key=step["key"],
-        kind=step["kind"],
-        path=step["path"],
-        params=json.loads(step["params"]),
-        timeout_seconds=step_timeout,
-        trust_id=run["trust_id"],
-    )
+    """The command that asks the step's service to do it, under the step's current dispatch id: V2 with
+    typed params; V1 only for a step whose stored params no longer fit its kind's model (a ledger row
+    older than the models), which the executors still accept."""
+    fields: dict[str, Any] = {
+        "dispatch_id": step["dispatch_id"],
+        "run_id": run["id"],
+        "plan_id": run["plan_id"],
+        "step_key": step["key"],
+        "path": step["path"],
+        "timeout_seconds": step_timeout,
+        "trust_id": run["trust_id"],
+    }
+    params = json.loads(step["params"])
+    data: ApplyStepV1 | DestroyStepV1 | ApplyStepV2 | DestroyStepV2
+    try:
+        typed = parse_params(step["kind"], params)
+    except (KeyError, ValidationError):
+        v1 = ApplyStepV1 if step["action"] == "apply" else DestroyStepV1
+        data = v1(**fields, kind=step["kind"], params=params)
+    else:
+        v2 = ApplyStepV2 if step["action"] == "apply" else DestroyStepV2
+        data = v2(**fields, kind=Kind(step["kind"]), params=typed)
     return make_outbox_row(
         data,
         source=SOURCE,
