@@ -31,6 +31,7 @@ from services.planner.spec import plan_json_schema
 from services.planner.trusts import Delegation
 from shared.auth import Caller, Reader, Writer
 from shared.errors import Conflict, DependencyUnavailable, InvalidInput
+from shared.limits import RATE_LIMITED, check_probe_count, limited
 from shared.logging import get_logger
 
 router = APIRouter()
@@ -78,12 +79,21 @@ def _view(s: ProbeStatus) -> ProbeView:
     )
 
 
-@router.post("/v1/probes", status_code=202, response_model=ProbeView, tags=["self-check"])
+@router.post(
+    "/v1/probes",
+    status_code=202,
+    response_model=ProbeView,
+    tags=["self-check"],
+    dependencies=[limited("probe")],
+    responses=RATE_LIMITED,
+)
 async def start_probe(body: ProbeRequest, request: Request, who: Reader) -> ProbeView:
     """Ask domain services to answer through Kafka; poll GET /v1/probes/{id} until ``complete``.
 
     Accepted even while Kafka is down: the commands wait in the outbox and go out when it is back.
+    ``count`` above 1 needs the admin role.
     """
+    check_probe_count(who, body.count, request.app.state.runtime.settings)
     return _view(await service.start_probe(request.app.state.runtime.pool, body.targets, body.count))
 
 
@@ -251,7 +261,14 @@ async def get_plan_version(
 # --- plan runs -----------------------------------------------------------------------------------------
 
 
-@router.post("/v1/plans/{plan_id}/runs", status_code=202, response_model=RunView, tags=["runs"])
+@router.post(
+    "/v1/plans/{plan_id}/runs",
+    status_code=202,
+    response_model=RunView,
+    tags=["runs"],
+    dependencies=[limited("run")],
+    responses=RATE_LIMITED,
+)
 async def start_run(
     plan_id: UUID,
     body: RunRequest,
@@ -356,7 +373,9 @@ async def cancel_run(run_id: UUID, request: Request, who: Writer) -> RunView:
     status_code=202,
     response_model=RunView,
     tags=["runs"],
+    dependencies=[limited("run")],
     responses={
+        **RATE_LIMITED,
         404: {"description": "No such run or plan version"},
         409: {"description": "The run is not failed or cancelled, or another run of the plan is in progress"},
         422: {"description": "The plan version is no longer valid"},

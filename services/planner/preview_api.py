@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from services.planner import preview
 from services.planner.settings import PlannerSettings
 from shared.auth import Reader
+from shared.limits import RATE_LIMITED, limited
 
 router = APIRouter(tags=["runs"])
 
@@ -63,7 +64,9 @@ class PreviewView(BaseModel):
 @router.post(
     "/v1/plans/{plan_id}/preview",
     response_model=PreviewView,
+    dependencies=[limited("preview")],
     responses={
+        **RATE_LIMITED,
         404: {"description": "No such plan (or version) in the project"},
         503: {"description": "A domain service (compute, network, storage) did not answer; names it and its URL"},
     },

@@ -3,6 +3,7 @@ event published on a topic of the other lane is refused before it reaches the ou
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import uuid
 from datetime import UTC, datetime
@@ -12,13 +13,13 @@ from typing import ClassVar
 import pytest
 
 from shared.bus import HandlerContext, HandlerRegistry, make_outbox_row
-from shared.config import ServiceSettings
+from shared.config import AuthStrategy, ServiceSettings
 from shared.events import REGISTRY, EventData, register
 from shared.events.base import WrongLane
 from shared.events.envelope import Envelope
 from shared.events.platform import ProbeAnsweredV1, RunProbeV1
 from shared.events.steps import StepProgressedV1
-from shared.runtime import ServiceSpec
+from shared.runtime import Runtime, ServiceSpec
 from shared.topics import (
     DOMAINS,
     LOGS,
@@ -164,3 +165,33 @@ class TestServiceSpecNamesEachLane:
         }
         probe_type = ProbeAnsweredV1 if service == "planner" else RunProbeV1
         assert spec.handlers.handles_type(probe_type.TYPE)
+
+
+class TestRuntimeConsumesEachLaneApart:
+    async def test_one_consumer_per_lane_in_its_own_group_with_its_own_batch_size(
+        self, pg_dsn: str, kafka_bootstrap: str, topic_prefix: str
+    ) -> None:
+        from services.monitor.__main__ import SPEC
+        from services.monitor.settings import MonitorSettings
+
+        settings = MonitorSettings(
+            database_url=pg_dsn,
+            database_schema="monitor_" + uuid.uuid4().hex[:8],
+            kafka_bootstrap_servers=kafka_bootstrap,
+            kafka_topic_prefix=topic_prefix,
+            auth_strategy=AuthStrategy.NOAUTH,
+            consumer_batch_size=7,
+            bulk_consumer_batch_size=700,
+        )
+        runtime = Runtime(SPEC, settings)
+        await runtime.start()
+        try:
+            async with asyncio.timeout(60):
+                await asyncio.gather(*(c.assigned.wait() for c in runtime.consumers))
+            assert sorted((c.group, c.topics, c.batch_size) for c in runtime.consumers) == [
+                ("dcostack.monitor.bulk", ["dcostack.monitor.bulk.commands"], 700),
+                ("dcostack.monitor.main", ["dcostack.monitor.commands"], 7),
+            ]
+            assert {dlq_topic("dcostack.monitor.bulk"), dlq_topic("dcostack.monitor.main")} <= set(runtime.topics)
+        finally:
+            await runtime.stop()
