@@ -23,6 +23,7 @@ from shared.bus import EventConsumer, HandlerRegistry, KafkaBus, OutboxRelay
 from shared.config import ServiceSettings, SettingsError, load_settings, unknown_variables
 from shared.db import SHARED_MIGRATIONS, connect_pool, discover
 from shared.errors import DcostackError
+from shared.events import REGISTRY
 from shared.logging import configure_logging, get_logger
 from shared.telemetry import configure_tracing
 from shared.topics import Lane, consumer_group, dlq_topic, lane_of
@@ -61,6 +62,22 @@ class ServiceSpec:
     @property
     def consumed_topics(self) -> list[str]:
         return [t for topics in self.consumes.values() for t in topics]
+
+
+def lane_handlers(handlers: HandlerRegistry, lane: Lane) -> HandlerRegistry:
+    """The handlers of ``lane``'s event types: a consumer acts only on its own lane, so an event that
+    reached a topic of the other lane anyway (an old producer) is counted as ignored, not worked on."""
+    out = HandlerRegistry()
+    for type_ in handlers.types:
+        cls = REGISTRY.get(type_)
+        if cls is None or cls.LANE is not lane:
+            continue
+        per_event, batch = handlers.get(type_), handlers.get_batch(type_)
+        if per_event is not None:
+            out.handles(cls)(per_event)
+        if batch is not None:
+            out.handles_batch(cls)(batch)
+    return out
 
 
 class Runtime:
@@ -117,7 +134,7 @@ class Runtime:
                 service=self.name,
                 group=groups[lane],
                 topics=topics,
-                handlers=self.spec.handlers,
+                handlers=lane_handlers(self.spec.handlers, lane),
                 batch_size=s.consumer_batch_size if lane is Lane.CONTROL else s.bulk_consumer_batch_size,
                 max_attempts=s.handler_max_attempts,
                 backoff=s.retry_backoff_seconds,

@@ -193,5 +193,8 @@ class TestRuntimeConsumesEachLaneApart:
                 ("dcostack.monitor.main", ["dcostack.monitor.commands"], 7),
             ]
             assert {dlq_topic("dcostack.monitor.bulk"), dlq_topic("dcostack.monitor.main")} <= set(runtime.topics)
+            # Each consumer acts only on its own lane's types: probes on the bulk lane only.
+            by_group = {c.group: c.handlers.types for c in runtime.consumers}
+            assert by_group == {"dcostack.monitor.bulk": [RunProbeV1.TYPE], "dcostack.monitor.main": []}
         finally:
             await runtime.stop()
