@@ -28,9 +28,9 @@ from shared.bus.outbox import make_outbox_row, write_outbox
 from shared.config import ServiceSettings
 from shared.db import SHARED_MIGRATIONS, connect_pool, discover
 from shared.events.platform import RunProbeV1
-from shared.topics import commands_topic
+from shared.topics import Lane, commands_topic
 
-TOPIC = commands_topic("compute")
+TOPIC = commands_topic("compute", Lane.BULK)  # the bench sends probe commands, a bulk-lane type
 GROUP = "dcostack.bench.main"
 NO_MIGRATIONS = Path("/nonexistent")
 

@@ -80,7 +80,12 @@ class ServiceSettings(BaseSettings):
     handler_max_attempts: int = Field(default=5, ge=1, le=100)
     retry_backoff_seconds: float = Field(default=0.2, gt=0)
     retry_backoff_max_seconds: float = Field(default=10.0, gt=0)
-    consumer_batch_size: int = Field(default=500, ge=1, le=10000)
+    consumer_batch_size: int = Field(
+        default=500, ge=1, le=10000, description="Most events the control-lane consumer takes per poll"
+    )
+    bulk_consumer_batch_size: int = Field(
+        default=1000, ge=1, le=10000, description="Most events the bulk-lane consumer takes per poll"
+    )
     outbox_batch_size: int = Field(default=1000, ge=1, le=10000)
     topic_check_seconds: float = Field(default=10.0, gt=0, description="How often missing topics are recreated")
     outbox_poll_seconds: float = Field(default=1.0, gt=0, description="Fallback poll when no NOTIFY arrives")

@@ -25,7 +25,7 @@ def create_base_app(runtime: Runtime, *, title: str, description: str) -> FastAP
 
     @app.exception_handler(DcostackError)
     async def _dcostack_error(_: Request, exc: DcostackError) -> JSONResponse:
-        headers = {}
+        headers = dict(getattr(exc, "headers", None) or {})  # e.g. Retry-After of a 429 (shared/limits.py)
         keystone = getattr(runtime.settings, "keystone_url", None)
         if exc.status_code == 401 and keystone:  # where to get a token, as Keystone's own middleware says
             headers["WWW-Authenticate"] = f'Keystone uri="{keystone}"'

@@ -1,7 +1,9 @@
 """The answering side of the platform self-check, the same in every domain service.
 
 A service records each RunProbeV1 command it handles in its own ``probe_answers`` table and answers
-with ProbeAnsweredV1 on its events topic, both in the handler's transaction.
+with ProbeAnsweredV1 on its bulk-lane events topic, both in the handler's transaction. Probes use the
+bulk lane only (``dcostack.<domain>.bulk.commands`` in, ``dcostack.<domain>.bulk.events`` out), so a big
+probe never delays a run's step commands or progress.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pydantic import BaseModel
 
 from shared.bus.handlers import HandlerContext, HandlerRegistry
 from shared.events.platform import ProbeAnsweredV1, RunProbeV1
-from shared.topics import events_topic
+from shared.topics import Lane, events_topic
 
 
 class ProbeAnswer(BaseModel):
@@ -41,7 +43,7 @@ def register_probe_handler(handlers: HandlerRegistry, service: str) -> None:
         )
         ctx.publish(
             ProbeAnsweredV1(probe_id=cmd.probe_id, seq=cmd.seq, service=service, answered_at=datetime.now(UTC)),
-            topic=events_topic(service),
+            topic=events_topic(service, Lane.BULK),
             key=str(cmd.probe_id),
             subject=str(cmd.probe_id),
         )

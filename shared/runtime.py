@@ -1,6 +1,10 @@
 """Process lifecycle of one service: PostgreSQL pool and migrations, Kafka producer, outbox relay,
 consumers and the HTTP server, started in order and stopped cleanly. ``run_service`` is every
-service's ``main()``."""
+service's ``main()``.
+
+Each lane a service consumes gets its own consumer in its own consumer group (``dcostack.<svc>.main``
+for the control lane, ``dcostack.<svc>.bulk`` for the bulk lane) with its own batch size, so a backlog
+of bulk events never stands in front of a step's progress."""
 
 from __future__ import annotations
 
@@ -19,28 +23,61 @@ from shared.bus import EventConsumer, HandlerRegistry, KafkaBus, OutboxRelay
 from shared.config import ServiceSettings, SettingsError, load_settings, unknown_variables
 from shared.db import SHARED_MIGRATIONS, connect_pool, discover
 from shared.errors import DcostackError
+from shared.events import REGISTRY
 from shared.logging import configure_logging, get_logger
 from shared.telemetry import configure_tracing
-from shared.topics import consumer_group, dlq_topic
+from shared.topics import Lane, consumer_group, dlq_topic, lane_of
 
 log = get_logger(__name__)
 
 
 @dataclass
 class ServiceSpec:
-    """What makes one service: its name, settings, schema, the topics it consumes and owns, its API."""
+    """What makes one service: its name, settings, schema, the topics each lane consumes and the topics
+    it owns, its API."""
 
     name: str
     settings_cls: type[ServiceSettings]
     migrations_dir: Path
     handlers: HandlerRegistry
-    consumes: list[str]
+    #: The topics each lane's consumer reads; every topic must belong to that lane (shared/topics.py).
+    consumes: dict[Lane, list[str]]
     owns_topics: list[str]
     create_app: Callable[[Runtime], FastAPI]
     description: str = ""
     extra: dict[str, object] = field(default_factory=dict)
     # Long-running tasks beside the consumer and the relay (e.g. the workers that execute plan steps).
     background: list[Callable[[Runtime], Coroutine[Any, Any, None]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for lane, topics in self.consumes.items():
+            wrong = [t for t in topics if lane_of(t) is not lane]
+            if wrong:
+                raise ValueError(
+                    f"service {self.name}: {', '.join(wrong)} listed under the {lane} lane but "
+                    f"{'belong' if len(wrong) > 1 else 'belongs'} to "
+                    f"{', '.join(str(lane_of(t) or 'no lane') for t in wrong)}; list each topic under its lane"
+                )
+
+    @property
+    def consumed_topics(self) -> list[str]:
+        return [t for topics in self.consumes.values() for t in topics]
+
+
+def lane_handlers(handlers: HandlerRegistry, lane: Lane) -> HandlerRegistry:
+    """The handlers of ``lane``'s event types: a consumer acts only on its own lane, so an event that
+    reached a topic of the other lane anyway (an old producer) is counted as ignored, not worked on."""
+    out = HandlerRegistry()
+    for type_ in handlers.types:
+        cls = REGISTRY.get(type_)
+        if cls is None or cls.LANE is not lane:
+            continue
+        per_event, batch = handlers.get(type_), handlers.get_batch(type_)
+        if per_event is not None:
+            out.handles(cls)(per_event)
+        if batch is not None:
+            out.handles_batch(cls)(batch)
+    return out
 
 
 class Runtime:
@@ -71,8 +108,13 @@ class Runtime:
             migrations=discover(SHARED_MIGRATIONS, self.spec.migrations_dir),
         )
         await self.bus.start()
-        group = consumer_group(self.name)
-        self.topics = [*self.spec.owns_topics, *self.spec.consumes, dlq_topic(group)]
+        lanes = {lane: topics for lane, topics in self.spec.consumes.items() if topics}
+        groups = {lane: consumer_group(self.name, lane) for lane in lanes}
+        self.topics = [
+            *self.spec.owns_topics,
+            *self.spec.consumed_topics,
+            *(dlq_topic(g) for g in groups.values()),
+        ]
         await self.bus.ensure_topics(self.topics)
         self.relay = OutboxRelay(
             self.pool,
@@ -85,25 +127,25 @@ class Runtime:
         )
         self.tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox-relay"))
         self.tasks.append(asyncio.create_task(self._keep_topics(), name=f"{self.name}-topic-keeper"))
-        if self.spec.consumes:
+        for lane, topics in lanes.items():
             consumer = EventConsumer(
                 bus=self.bus,
                 pool=self.pool,
                 service=self.name,
-                group=group,
-                topics=self.spec.consumes,
-                handlers=self.spec.handlers,
-                batch_size=s.consumer_batch_size,
+                group=groups[lane],
+                topics=topics,
+                handlers=lane_handlers(self.spec.handlers, lane),
+                batch_size=s.consumer_batch_size if lane is Lane.CONTROL else s.bulk_consumer_batch_size,
                 max_attempts=s.handler_max_attempts,
                 backoff=s.retry_backoff_seconds,
                 backoff_max=s.retry_backoff_max_seconds,
                 state=self,
             )
             self.consumers.append(consumer)
-            self.tasks.append(asyncio.create_task(consumer.run(), name=f"{self.name}-consumer"))
+            self.tasks.append(asyncio.create_task(consumer.run(), name=f"{self.name}-{lane}-consumer"))
         for make in self.spec.background:
             self.tasks.append(asyncio.create_task(make(self), name=f"{self.name}-{make.__name__}"))
-        log.info("service.started", schema=s.db_schema, consumes=self.spec.consumes, group=group)
+        log.info("service.started", schema=s.db_schema, consumes={str(k): v for k, v in lanes.items()}, groups=groups)
 
     async def _keep_topics(self) -> None:
         """Recreate this service's topics if they disappear (a broker restored empty, an operator's

@@ -6,15 +6,15 @@ from services.compute.handlers import handlers
 from services.compute.settings import ComputeSettings
 from shared.executor.workers import step_workers
 from shared.runtime import ServiceSpec, run_service
-from shared.topics import commands_topic, events_topic
+from shared.topics import Lane, commands_topic, events_topic
 
 SPEC = ServiceSpec(
     name="compute",
     settings_cls=ComputeSettings,
     migrations_dir=Path(__file__).parent / "migrations",
     handlers=handlers,
-    consumes=[commands_topic("compute")],
-    owns_topics=[commands_topic("compute"), events_topic("compute")],
+    consumes={Lane.CONTROL: [commands_topic("compute")], Lane.BULK: [commands_topic("compute", Lane.BULK)]},
+    owns_topics=[*(topic("compute", lane) for lane in Lane for topic in (commands_topic, events_topic))],
     create_app=create_app,
     background=[step_workers("compute", OpenStackComputeCloud)],
 )

@@ -4,15 +4,15 @@ from services.hybrid.app import create_app
 from services.hybrid.handlers import handlers
 from services.hybrid.settings import HybridSettings
 from shared.runtime import ServiceSpec, run_service
-from shared.topics import commands_topic, events_topic
+from shared.topics import Lane, commands_topic, events_topic
 
 SPEC = ServiceSpec(
     name="hybrid",
     settings_cls=HybridSettings,
     migrations_dir=Path(__file__).parent / "migrations",
     handlers=handlers,
-    consumes=[commands_topic("hybrid")],
-    owns_topics=[commands_topic("hybrid"), events_topic("hybrid")],
+    consumes={Lane.CONTROL: [commands_topic("hybrid")], Lane.BULK: [commands_topic("hybrid", Lane.BULK)]},
+    owns_topics=[*(topic("hybrid", lane) for lane in Lane for topic in (commands_topic, events_topic))],
     create_app=create_app,
 )
 

@@ -6,15 +6,15 @@ from services.network.handlers import handlers
 from services.network.settings import NetworkSettings
 from shared.executor.workers import step_workers
 from shared.runtime import ServiceSpec, run_service
-from shared.topics import commands_topic, events_topic
+from shared.topics import Lane, commands_topic, events_topic
 
 SPEC = ServiceSpec(
     name="network",
     settings_cls=NetworkSettings,
     migrations_dir=Path(__file__).parent / "migrations",
     handlers=handlers,
-    consumes=[commands_topic("network")],
-    owns_topics=[commands_topic("network"), events_topic("network")],
+    consumes={Lane.CONTROL: [commands_topic("network")], Lane.BULK: [commands_topic("network", Lane.BULK)]},
+    owns_topics=[*(topic("network", lane) for lane in Lane for topic in (commands_topic, events_topic))],
     create_app=create_app,
     background=[step_workers("network", OpenStackNetworkCloud)],
 )

@@ -10,7 +10,7 @@ from services.planner.runs.service import watch_deadlines
 from services.planner.runs.trusts import Delegation
 from services.planner.settings import PlannerSettings
 from shared.runtime import Runtime, ServiceSpec, run_service
-from shared.topics import PLANNER_COMMANDS, PLANNER_EVENTS, commands_topic, events_topic
+from shared.topics import PLANNER_COMMANDS, PLANNER_EVENTS, Lane, commands_topic, events_topic
 
 log = structlog.get_logger(__name__)
 
@@ -45,8 +45,11 @@ SPEC = ServiceSpec(
     settings_cls=PlannerSettings,
     migrations_dir=Path(__file__).parent / "migrations",
     handlers=handlers,
-    consumes=[events_topic(d) for d in PROBE_TARGETS],  # probe answers, and step progress from the executors
-    owns_topics=[PLANNER_COMMANDS, PLANNER_EVENTS, *(commands_topic(d) for d in PROBE_TARGETS)],
+    consumes={
+        Lane.CONTROL: [events_topic(d) for d in PROBE_TARGETS],  # step progress from the executors
+        Lane.BULK: [events_topic(d, Lane.BULK) for d in PROBE_TARGETS],  # probe answers
+    },
+    owns_topics=[PLANNER_COMMANDS, PLANNER_EVENTS, *(commands_topic(d, lane) for d in PROBE_TARGETS for lane in Lane)],
     create_app=create_app,
     background=[step_deadlines, trust_reaper],
 )

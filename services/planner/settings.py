@@ -3,9 +3,10 @@ from typing import ClassVar
 from pydantic import Field
 
 from shared.config import ServiceSettings
+from shared.limits import LimitSettings
 
 
-class PlannerSettings(ServiceSettings):
+class PlannerSettings(ServiceSettings, LimitSettings):
     service_name: ClassVar[str] = "planner"
     default_http_port: ClassVar[int] = 8081
     step_timeout_seconds: float = Field(

@@ -6,15 +6,15 @@ from services.storage.handlers import handlers
 from services.storage.settings import StorageSettings
 from shared.executor.workers import step_workers
 from shared.runtime import ServiceSpec, run_service
-from shared.topics import commands_topic, events_topic
+from shared.topics import Lane, commands_topic, events_topic
 
 SPEC = ServiceSpec(
     name="storage",
     settings_cls=StorageSettings,
     migrations_dir=Path(__file__).parent / "migrations",
     handlers=handlers,
-    consumes=[commands_topic("storage")],
-    owns_topics=[commands_topic("storage"), events_topic("storage")],
+    consumes={Lane.CONTROL: [commands_topic("storage")], Lane.BULK: [commands_topic("storage", Lane.BULK)]},
+    owns_topics=[*(topic("storage", lane) for lane in Lane for topic in (commands_topic, events_topic))],
     create_app=create_app,
     background=[step_workers("storage", OpenStackStorageCloud)],
 )

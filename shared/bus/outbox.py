@@ -13,7 +13,7 @@ from aiokafka.errors import KafkaError
 
 from shared.bus.kafka import KafkaBus
 from shared.db import RETRIABLE_DB_ERRORS
-from shared.events.base import EventData
+from shared.events.base import EventData, check_lane
 from shared.events.envelope import encode_headers, encode_value, kafka_headers, new_event_id
 from shared.logging import get_logger
 from shared.metrics import EVENTS_PUBLISHED, OUTBOX_PENDING
@@ -46,6 +46,7 @@ def make_outbox_row(
     target = topic or data.TOPIC
     if target is None:
         raise ValueError(f"{type(data).__name__} has no default topic; pass topic=")
+    check_lane(type(data), target)  # raises WrongLane: a bulk event never lands on a control topic, nor back
     event_id = new_event_id()
     trace: dict[str, str] = {}
     inject_traceparent(trace)

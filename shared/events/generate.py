@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 
 from shared.events import REGISTRY
-from shared.topics import DOMAINS, commands_topic, events_topic
+from shared.events.base import check_lane
+from shared.topics import DOMAINS, Lane, commands_topic, events_topic, lane_of
 
 ROOT = Path(__file__).parent
 SCHEMA_DIR = ROOT / "schemas"
@@ -22,32 +23,41 @@ SAMPLES_DIR = ROOT / "samples"
 ASYNCAPI = ROOT / "asyncapi.yaml"
 PINS = ROOT / "schema-hashes.json"
 
-#: Which channels carry which types (a command goes to every domain's commands topic).
+#: Which channels carry which types, by lane (a probe command goes to every domain's bulk commands topic).
 EXECUTORS = ("compute", "network", "storage")  # the domain services that apply plan steps
+ANSWERING = [d for d in DOMAINS if d != "planner"]  # every domain service answers the self-check
 CHANNELS: dict[str, list[str]] = {
+    # control lane: what a run waits for
     **{
-        commands_topic(d): ["io.dcostack.platform.probe.run.v1"]
-        + (
-            [
-                "io.dcostack.planner.step.apply.v1",
-                "io.dcostack.planner.step.destroy.v1",
-                "io.dcostack.planner.step.apply.v2",
-                "io.dcostack.planner.step.destroy.v2",
-            ]
-            if d in EXECUTORS
-            else []
-        )
-        for d in DOMAINS
-        if d != "planner"
+        commands_topic(d): [
+            "io.dcostack.planner.step.apply.v1",
+            "io.dcostack.planner.step.destroy.v1",
+            "io.dcostack.planner.step.apply.v2",
+            "io.dcostack.planner.step.destroy.v2",
+        ]
+        for d in EXECUTORS
     },
-    **{
-        events_topic(d): ["io.dcostack.platform.probe.answered.v1"]
-        + (["io.dcostack.cloud.step.progressed.v1"] if d in EXECUTORS else [])
-        for d in DOMAINS
-        if d != "planner"
-    },
-    events_topic("planner"): ["io.dcostack.planner.run.changed.v1"],
+    **{events_topic(d): ["io.dcostack.cloud.step.progressed.v1"] for d in EXECUTORS},
+    events_topic("planner"): ["io.dcostack.planner.run.changed.v1", "io.dcostack.planner.run.changed.v2"],
+    # bulk lane: large or bursty
+    **{commands_topic(d, Lane.BULK): ["io.dcostack.platform.probe.run.v1"] for d in ANSWERING},
+    **{events_topic(d, Lane.BULK): ["io.dcostack.platform.probe.answered.v1"] for d in ANSWERING},
 }
+LANE_TEXT = {
+    Lane.CONTROL: "Control lane: what a run waits for (step commands, step progress, run changes).",
+    Lane.BULK: "Bulk lane: what can be large or bursty (self-check probes; later notifications, samples, "
+    "metrics, logs). Consumed in separate consumer groups, so it never delays the control lane.",
+}
+
+
+def lane_checked(topic: str, types: list[str]) -> Lane:
+    """The lane of a channel; every type listed on it must belong to that lane."""
+    lane = lane_of(topic)
+    if lane is None:
+        raise ValueError(f"{topic} belongs to no lane; name it in shared/topics.py")
+    for t in types:
+        check_lane(REGISTRY[t], topic)
+    return lane
 
 
 def schema_of(type_: str) -> dict[str, Any]:
@@ -77,6 +87,7 @@ def asyncapi() -> dict[str, Any]:
             "summary": (cls.__doc__ or "").strip().splitlines()[0],
             "description": (cls.__doc__ or "").strip(),
             "contentType": "application/json",
+            "tags": [{"name": f"lane:{cls.LANE}"}],
             "bindings": {"kafka": {"bindingVersion": "0.5.0"}},
             "headers": {
                 "type": "object",
@@ -101,6 +112,8 @@ def asyncapi() -> dict[str, Any]:
     channels = {
         topic.replace(".", "_"): {
             "address": topic,
+            "description": LANE_TEXT[lane_checked(topic, types)],
+            "tags": [{"name": f"lane:{lane_checked(topic, types)}"}],
             "messages": {
                 REGISTRY[t].__name__: {"$ref": f"#/components/messages/{REGISTRY[t].__name__}"} for t in types
             },

@@ -1,8 +1,9 @@
 """Plan execution: the planner asks domain services to apply or destroy one step's resource, and
 they report every transition of that step back.
 
-Commands go to ``dcostack.<domain>.commands`` keyed by run id; progress goes to
-``dcostack.<domain>.events`` keyed by run id, so one run's events stay in order per service.
+All of them are control-lane events (what a run waits for). Commands go to ``dcostack.<domain>.commands``
+keyed by run id; progress goes to ``dcostack.<domain>.events`` keyed by run id, so one run's events stay
+in order per service.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from pydantic import Field, model_validator
 
 from shared.events.base import EventData, register
 from shared.events.kinds import Kind, StepParams
+from shared.topics import Lane
 
 
 class _StepCommand(EventData):
+    LANE = Lane.CONTROL
     dispatch_id: UUID = Field(description="Unique per dispatch; a redelivered command has the same id")
     run_id: UUID
     plan_id: UUID
@@ -51,6 +54,7 @@ class DestroyStepV1(_StepCommand):
 
 
 class _TypedStepCommand(EventData):
+    LANE = Lane.CONTROL
     dispatch_id: UUID = Field(description="Unique per dispatch; a redelivered command has the same id")
     run_id: UUID
     plan_id: UUID
@@ -100,6 +104,7 @@ class StepProgressedV1(EventData):
     ``succeeded`` with the resource's outputs, ``failed`` with the cloud's own error and a hint."""
 
     TYPE = "io.dcostack.cloud.step.progressed.v1"
+    LANE = Lane.CONTROL
     dispatch_id: UUID
     run_id: UUID
     step_key: str
@@ -118,6 +123,7 @@ class RunChangedV1(EventData):
     """A plan run changed state (pending, running, succeeded, failed); for integrations and dashboards."""
 
     TYPE = "io.dcostack.planner.run.changed.v1"
+    LANE = Lane.CONTROL
     run_id: UUID
     plan_id: UUID
     plan_version: int
@@ -150,6 +156,8 @@ class RunChangedV2(EventData):
 
     Version history: V1 had ``state`` as free text and documented states that do not exist (pending);
     V2 makes it the run state enum."""
+
+    LANE = Lane.CONTROL
 
     TYPE = "io.dcostack.planner.run.changed.v2"
     run_id: UUID

@@ -35,8 +35,8 @@ class TestKillDashNine:
         self, platform_factory: Callable[..., Platform]
     ) -> None:
         platform = platform_factory("planner", "compute", start=False)
-        # Small batches make the kill land between transactions as well as inside one.
-        platform["compute"].env["DCOSTACK_CONSUMER_BATCH_SIZE"] = "25"
+        # Small batches make the kill land between transactions as well as inside one (probes are bulk-lane).
+        platform["compute"].env["DCOSTACK_BULK_CONSUMER_BATCH_SIZE"] = "25"
         platform.start()
         dsn = platform.dsn
         with platform.http("planner") as planner:

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared.events.envelope import encode_headers, encode_value, kafka_headers
 from shared.events.platform import RunProbeV1
-from shared.topics import commands_topic, consumer_group, dlq_topic
+from shared.topics import Lane, commands_topic, consumer_group, dlq_topic
 from tests.fixtures.platform import Platform, wait_for
 
 GOOD_HEADERS = {"ce_specversion": "1.0", "ce_source": "/tests", "content-type": "application/json"}
@@ -55,7 +55,7 @@ class TestDeadLetters:
             producer = AIOKafkaProducer(bootstrap_servers=platform.bootstrap, linger_ms=5)
             await producer.start()
             try:
-                topic = platform.prefix + commands_topic("compute")
+                topic = platform.prefix + commands_topic("compute", Lane.BULK)
                 seq = 0
                 for i, (_, headers, value) in enumerate(bad):
                     await producer.send(topic, value=value, key=str(probe_id).encode(), headers=headers)
@@ -74,7 +74,7 @@ class TestDeadLetters:
 
         async def read_dlq() -> list[dict[str, str]]:
             consumer = AIOKafkaConsumer(
-                platform.prefix + dlq_topic(consumer_group("compute")),
+                platform.prefix + dlq_topic(consumer_group("compute", Lane.BULK)),
                 bootstrap_servers=platform.bootstrap,
                 auto_offset_reset="earliest",
                 group_id=f"{platform.prefix}dlq-reader",
@@ -97,7 +97,7 @@ class TestDeadLetters:
         assert len(dead) == 1000
         assert Counter(h["dcostack_dlq_reason"] for h in dead) == Counter(reason for reason, _, _ in bad)
         assert all(h["dcostack_dlq_detail"] for h in dead)
-        assert {h["dcostack_dlq_group"] for h in dead} == {consumer_group("compute")}
+        assert {h["dcostack_dlq_group"] for h in dead} == {consumer_group("compute", Lane.BULK)}
 
         with platform.http("compute") as compute:
             answers = wait_for(

@@ -35,11 +35,11 @@ class TestRoundTrip:
             metrics = compute.get("/metrics").text
         assert (
             'dcostack_events_consumed_total{outcome="handled",service="compute",'
-            f'topic="{platform.prefix}dcostack.compute.commands",type="io.dcostack.platform.probe.run.v1"}} 3.0'
+            f'topic="{platform.prefix}dcostack.compute.bulk.commands",type="io.dcostack.platform.probe.run.v1"}} 3.0'
         ) in metrics
         with platform.http("planner") as planner:
             metrics = planner.get("/metrics").text
-        assert 'dcostack_events_published_total{service="planner",topic="dcostack.compute.commands"' in metrics
+        assert 'dcostack_events_published_total{service="planner",topic="dcostack.compute.bulk.commands"' in metrics
         assert (
             'dcostack_http_requests_total{method="POST",route="/v1/probes",service="planner",status="202"} 1.0'
             in metrics

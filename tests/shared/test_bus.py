@@ -18,7 +18,7 @@ from shared.db import SHARED_MIGRATIONS, connect_pool, discover
 from shared.errors import DcostackError, DependencyUnavailable
 from shared.events.envelope import encode_headers, encode_value, kafka_headers
 from shared.events.platform import ProbeAnsweredV1, RunProbeV1
-from shared.topics import commands_topic, dlq_topic, events_topic
+from shared.topics import Lane, commands_topic, dlq_topic, events_topic
 
 GROUP = "dcostack.test.main"
 
@@ -41,7 +41,9 @@ async def harness(pg_dsn: str, kafka_bootstrap: str, topic_prefix: str) -> Async
     )
     bus = KafkaBus(settings, client_id="test")
     await bus.start()
-    await bus.ensure_topics([commands_topic("compute"), events_topic("compute"), dlq_topic(GROUP)])
+    await bus.ensure_topics(
+        [commands_topic("compute", Lane.BULK), events_topic("compute", Lane.BULK), dlq_topic(GROUP)]
+    )
     h = Harness(pool, bus, schema)
     yield h
     for task in h.tasks:
@@ -65,7 +67,7 @@ class Harness:
             pool=self.pool,
             service="test",
             group=GROUP,
-            topics=[commands_topic("compute")],
+            topics=[commands_topic("compute", Lane.BULK)],
             handlers=handlers,
             max_attempts=4,
             backoff=0.01,
@@ -82,7 +84,7 @@ class Harness:
             data = RunProbeV1(probe_id=probe_id, seq=seq, target="compute", requested_at=datetime.now(UTC))
             headers = encode_headers(data, source="/tests", event_id=event_id or str(uuid.uuid4()))
             await self.bus.producer.send_and_wait(
-                self.bus.physical(commands_topic("compute")),
+                self.bus.physical(commands_topic("compute", Lane.BULK)),
                 value=encode_value(data),
                 key=str(probe_id).encode(),
                 headers=kafka_headers(headers),
@@ -139,7 +141,7 @@ def flaky_handlers(h: Harness) -> HandlerRegistry:
             raise CloudSaysNo("flavor m1.huge not found")
         ctx.publish(
             ProbeAnsweredV1(probe_id=cmd.probe_id, seq=cmd.seq, service="test", answered_at=datetime.now(UTC)),
-            topic=events_topic("compute"),
+            topic=events_topic("compute", Lane.BULK),
             key=str(cmd.probe_id),
         )
 
@@ -214,7 +216,7 @@ class TestTracing:
             row = make_outbox_row(
                 RunProbeV1(probe_id=uuid.uuid4(), target="compute", requested_at=datetime.now(UTC)),
                 source="/tests",
-                topic=commands_topic("compute"),
+                topic=commands_topic("compute", Lane.BULK),
             )
             async with harness.pool.acquire() as conn, conn.transaction():
                 await write_outbox(conn, [row])

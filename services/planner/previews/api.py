@@ -12,6 +12,7 @@ from services.planner.previews.live import DomainServices
 from services.planner.previews.schemas import PreviewRequest, PreviewView
 from services.planner.settings import PlannerSettings
 from shared.auth import Reader
+from shared.limits import RATE_LIMITED, limited
 
 router = APIRouter(tags=["runs"])
 
@@ -19,7 +20,9 @@ router = APIRouter(tags=["runs"])
 @router.post(
     "/v1/plans/{plan_id}/preview",
     response_model=PreviewView,
+    dependencies=[limited("preview")],
     responses={
+        **RATE_LIMITED,
         404: {"description": "No such plan (or version) in the project"},
         503: {"description": "A domain service (compute, network, storage) did not answer; names it and its URL"},
     },

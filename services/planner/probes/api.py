@@ -10,6 +10,7 @@ from services.planner.probes import service
 from services.planner.probes.domain import ProbeStatus
 from services.planner.probes.schemas import ProbeRequest, ProbeView
 from shared.auth import Reader
+from shared.limits import RATE_LIMITED, check_probe_count, limited
 
 router = APIRouter()
 
@@ -25,12 +26,21 @@ def _view(s: ProbeStatus) -> ProbeView:
     )
 
 
-@router.post("/v1/probes", status_code=202, response_model=ProbeView, tags=["self-check"])
+@router.post(
+    "/v1/probes",
+    status_code=202,
+    response_model=ProbeView,
+    tags=["self-check"],
+    dependencies=[limited("probe")],
+    responses=RATE_LIMITED,
+)
 async def start_probe(body: ProbeRequest, request: Request, who: Reader) -> ProbeView:
     """Ask domain services to answer through Kafka; poll GET /v1/probes/{id} until ``complete``.
 
     Accepted even while Kafka is down: the commands wait in the outbox and go out when it is back.
+    ``count`` above 1 needs the admin role.
     """
+    check_probe_count(who, body.count, request.app.state.runtime.settings)
     return _view(await service.start_probe(request.app.state.runtime.pool, body.targets, body.count))
 
 

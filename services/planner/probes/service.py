@@ -13,7 +13,7 @@ from services.planner.probes.domain import ProbeStatus, check_targets
 from shared.bus import make_outbox_row, write_outbox
 from shared.errors import NotFound
 from shared.events.platform import RunProbeV1
-from shared.topics import commands_topic
+from shared.topics import Lane, commands_topic
 
 SOURCE = "/dcostack/planner"
 
@@ -27,7 +27,7 @@ async def start_probe(pool: asyncpg.Pool, targets: list[str] | None, count: int)
         make_outbox_row(
             RunProbeV1(probe_id=probe_id, seq=seq, target=target, requested_at=now),
             source=SOURCE,
-            topic=commands_topic(target),
+            topic=commands_topic(target, Lane.BULK),
             key=str(probe_id),
             subject=str(probe_id),
             correlation_id=str(probe_id),

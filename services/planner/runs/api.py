@@ -12,6 +12,7 @@ from services.planner.runs.schemas import ResumeRequest, RunList, RunRequest, Ru
 from services.planner.runs.trusts import Delegation
 from services.planner.settings import PlannerSettings
 from shared.auth import Reader, Writer
+from shared.limits import RATE_LIMITED, limited
 from shared.logging import get_logger
 
 router = APIRouter()
@@ -30,7 +31,14 @@ def _delegation(request: Request) -> Delegation:
 # --- plan runs -----------------------------------------------------------------------------------------
 
 
-@router.post("/v1/plans/{plan_id}/runs", status_code=202, response_model=RunView, tags=["runs"])
+@router.post(
+    "/v1/plans/{plan_id}/runs",
+    status_code=202,
+    response_model=RunView,
+    tags=["runs"],
+    dependencies=[limited("run")],
+    responses=RATE_LIMITED,
+)
 async def start_run(
     plan_id: UUID,
     body: RunRequest,
@@ -92,7 +100,9 @@ async def cancel_run(run_id: UUID, request: Request, who: Writer) -> RunView:
     status_code=202,
     response_model=RunView,
     tags=["runs"],
+    dependencies=[limited("run")],
     responses={
+        **RATE_LIMITED,
         404: {"description": "No such run or plan version"},
         409: {"description": "The run is not failed or cancelled, or another run of the plan is in progress"},
         422: {"description": "The plan version is no longer valid"},
