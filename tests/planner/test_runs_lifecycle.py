@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import re
 import threading
 import time
 import uuid
@@ -55,6 +56,11 @@ class Command:
     run_id: str
     dispatch_id: uuid.UUID
     service: str
+
+
+def fake_id(key: str) -> str:
+    """The id the fake cloud gives the resource of a step."""
+    return "id-" + key.replace("/", "-")
 
 
 class FakeDomains:
@@ -187,6 +193,7 @@ class FakeDomains:
             state="succeeded" if ok else "failed",
             message=f"{cmd.action} done" if ok else f"{cmd.action} refused by the fake cloud",
             error=None if ok else {"message": "No valid host was found.", "hint": "pick a smaller flavor"},
+            outputs={"id": fake_id(cmd.key)} if ok and cmd.action == "apply" else {},
             at=datetime.now(UTC),
         )
         headers = encode_headers(data, source="/tests/fake-domains", event_id=new_event_id(), subject=cmd.key)
@@ -652,6 +659,31 @@ class TestCommandLine:
         assert "resumed with plan version 3" in result.stdout
         assert run_of(api, run_id)["state"] == "succeeded"
         assert fake.keys(plan_id) == graph_keys(servers_plan(3))
+
+
+class TestRunTable:
+    def test_each_step_shows_its_resource_id_and_how_long_it_took_in_the_api_and_in_run_show(
+        self, lifecycle: tuple[str, FakeDomains, str], api: httpx.Client
+    ) -> None:
+        plan_id = create(api, servers_plan(1))
+        run_id = start(api, plan_id)
+        run = ended(api, run_id)
+        assert run["state"] == "succeeded", run["message"]
+        for step in run["steps"]:
+            assert step["resource_id"] == fake_id(step["key"])
+            assert step["took_seconds"] is not None
+            assert step["took_seconds"] >= 0
+            assert isinstance(step["reasks"], int)
+
+        common = ["--planner-url", lifecycle[0], "--project", str(api.headers["X-Project-Id"])]
+        result = runner.invoke(app, ["run", "show", run_id, *common], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        rows = [[cell.strip() for cell in re.split("[│┃]", line)] for line in result.stdout.splitlines()]
+        assert ["step", "state", "resource", "took", "what the cloud says"] in rows
+        for step in run["steps"]:
+            row = next(r for r in rows if r[0] == step["key"])
+            assert row[2] == fake_id(step["key"])
+            assert row[3].endswith("s")  # e.g. 0.4s
 
 
 class TestLedgerMigration:

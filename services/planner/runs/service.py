@@ -300,7 +300,7 @@ async def _create_run(
         await repository.insert_steps(conn, run_id, enumerate(planned))
         keep = _unchanged(planned, ledger, live_unchanged or set())
         if keep:
-            await repository.keep_unchanged(conn, run_id, keep)
+            await repository.keep_unchanged(conn, run_id, plan_id, keep)
         message = describe_planned([p.action for p in planned], len(keep))
         rows = [_run_event(run_id, plan_id, number, action, RunState.RUNNING, message)]
         rows += await advance(conn, run_id, step_timeout)
