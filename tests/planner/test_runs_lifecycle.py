@@ -32,8 +32,6 @@ from typer.testing import CliRunner
 
 from services import planner
 from services.cli import app
-from services.cli.infra import drop_database, ensure_database, free_port
-from services.cli.processes import ServiceProcess
 from services.planner.plans.compiler import compile_plan
 from services.planner.plans.spec import validate_plan
 from services.planner.runs.ordering import collapse, destroy_after, destroy_order, reverse_edges
@@ -41,7 +39,8 @@ from shared.db import SHARED_MIGRATIONS, discover, migrate
 from shared.events.envelope import decode, encode_headers, encode_value, kafka_headers, new_event_id
 from shared.events.steps import ApplyStepV1, DestroyStepV1, RunChangedV2, StepProgressedV1
 from shared.topics import commands_topic, events_topic
-from tests.fixtures.platform import service_env, wait_for
+from tests.fixtures.planner import planner_under_test
+from tests.fixtures.platform import wait_for
 
 DOMAINS = ("compute", "network", "storage")
 runner = CliRunner()
@@ -209,31 +208,14 @@ class FakeDomains:
 def lifecycle(
     pg_server: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, FakeDomains, str]]:
-    database = f"dcostack_runs_{uuid.uuid4().hex[:10]}"
-    dsn = asyncio.run(ensure_database(pg_server, database))
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    planner = ServiceProcess(
-        "planner",
-        free_port(),
-        {
-            **service_env(dsn, kafka_bootstrap, prefix),
-            # a lost answer is asked for again after 1 s, looked for every 0.5 s; the step timeout stays 600 s
-            "DCOSTACK_STEP_REASK_SECONDS": "1",
-            "DCOSTACK_TIMEOUT_CHECK_SECONDS": "0.5",
-        },
-        tmp_path_factory.mktemp("planner") / "planner.log",
-    )
-    planner.start()
-    fake: FakeDomains | None = None
-    try:
-        planner.wait_ready()
-        fake = FakeDomains(kafka_bootstrap, prefix).start()
-        yield planner.base_url, fake, dsn
-    finally:
-        if fake is not None:
+    # a lost answer is asked for again after 1 s, looked for every 0.5 s; the step timeout stays 600 s
+    reask = {"DCOSTACK_STEP_REASK_SECONDS": "1", "DCOSTACK_TIMEOUT_CHECK_SECONDS": "0.5"}
+    with planner_under_test(pg_server, kafka_bootstrap, tmp_path_factory.mktemp("planner"), reask) as planner:
+        fake = FakeDomains(kafka_bootstrap, planner.prefix).start()
+        try:
+            yield planner.url, fake, planner.dsn
+        finally:
             fake.stop()
-        planner.stop()
-        asyncio.run(drop_database(pg_server, database))
 
 
 @pytest.fixture
