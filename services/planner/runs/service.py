@@ -82,11 +82,6 @@ SOURCE = "/dcostack/planner"
 # --- what a run does -----------------------------------------------------------------------------------
 
 
-async def applied_steps(conn: asyncpg.Connection | asyncpg.Pool, plan_id: UUID) -> list[AppliedStep]:
-    """What the plan has built, per the ledger (oldest first)."""
-    return await repository.applied_steps(conn, plan_id)
-
-
 async def _compile(conn: asyncpg.Connection, plan_id: UUID, version: int) -> Graph | None:
     row = await plans_repository.get_version(conn, plan_id, version)
     if row is None:
