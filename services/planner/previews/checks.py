@@ -10,8 +10,7 @@ from typing import Any, Literal
 
 from services.planner.plans.compiler import Graph, Step
 from services.planner.plans.spec import Plan
-from services.planner.previews.diff import Catalog, Diff
-from services.planner.previews.live import Live
+from services.planner.previews.diff import Catalog, Diff, Live
 
 #: Neutron gives every new security group two egress rules (IPv4, IPv6); they count against the quota.
 DEFAULT_RULES_PER_GROUP = 2
