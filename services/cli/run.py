@@ -56,8 +56,8 @@ def render(run: dict[str, Any], all_steps: bool = True) -> Group:
         f"  plan version {run['plan_version']}  [{counts}]",
     )
     table = Table(show_edge=False, pad_edge=False)
-    for column in ("step", "state", "what the cloud says"):
-        table.add_column(column, overflow="fold")
+    for column in ("step", "state", "resource", "took", "what the cloud says"):
+        table.add_column(column, overflow="fold", justify="right" if column == "took" else "left")
     steps = run["steps"]
     if not all_steps:  # live view: what moves, what failed, and the last few finished
         moving = [s for s in steps if s["state"] in ("dispatched", "running", "failed", "error")]
@@ -73,11 +73,29 @@ def render(run: dict[str, Any], all_steps: bool = True) -> Group:
             key += " (rollback)"
         elif s.get("action") == "destroy" and run["action"] == "apply":
             key += " (remove)"  # scale-in: the version no longer has it
-        table.add_row(key, Text(s["state"], STATE_STYLE.get(s["state"], "")), said)
+        table.add_row(
+            key,
+            Text(s["state"], STATE_STYLE.get(s["state"], "")),
+            s.get("resource_id") or "",
+            _took(s.get("took_seconds")),
+            said,
+        )
     parts: list[Any] = [head, table]
     if run["message"]:
         parts.append(Text(run["message"], STATE_STYLE.get(run["state"], "")))
     return Group(*parts)
+
+
+def _took(seconds: float | None) -> str:
+    """How long a step took, as a person reads it: 0.4s, 12s, 3m05s."""
+    if seconds is None:
+        return ""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest:02d}s"
 
 
 def watch(api: Planner, run_id: str, output: Output) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Whose credentials an operation acts with, and the login as DCOSTACK's service user scoped to a Keystone
 trust (what the planner does to delete a run's trust, and the domain services to act for a run; see
-services/planner/trusts.py for why).
+services/planner/runs/trusts.py for why).
 
 A command carries the run's Keystone *trust* (the user who started the run delegated their roles in their
 project to DCOSTACK's service user, ``DCOSTACK_SERVICE_CLOUD``), and the step is executed as that service

@@ -6,7 +6,6 @@ keeps to a project of its own through ``X-Project-Id``, which is also what scope
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import uuid
@@ -19,12 +18,10 @@ import httpx
 import pytest
 import yaml
 
-from services.cli.infra import drop_database, ensure_database, free_port
-from services.cli.processes import ServiceProcess
 from services.planner.plans.compiler import compile_plan
 from services.planner.plans.domain import count_dependencies, count_steps
 from services.planner.plans.spec import validate_plan
-from tests.fixtures.platform import service_env
+from tests.fixtures.planner import PlannerUnderTest
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "two-tier.yaml"
 YAML = {"Content-Type": "application/yaml"}
@@ -52,18 +49,8 @@ INVALID_PATHS = {
 
 
 @pytest.fixture(scope="module")
-def planner_url(pg_server: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    database = f"dcostack_plans_{uuid.uuid4().hex[:10]}"
-    dsn = asyncio.run(ensure_database(pg_server, database))
-    env = service_env(dsn, kafka_bootstrap, f"t{uuid.uuid4().hex[:8]}.")
-    planner = ServiceProcess("planner", free_port(), env, tmp_path_factory.mktemp("planner") / "planner.log")
-    planner.start()
-    try:
-        planner.wait_ready()
-        yield planner.base_url
-    finally:
-        planner.stop()
-        asyncio.run(drop_database(pg_server, database))
+def planner_url(planner: PlannerUnderTest) -> str:
+    return planner.url
 
 
 @pytest.fixture

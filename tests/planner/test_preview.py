@@ -20,8 +20,7 @@ import yaml
 from services.cli.processes import DEFAULT_PORTS
 from services.planner.plans.domain import check_plan
 from services.planner.previews.checks import Checker
-from services.planner.previews.diff import Catalog, compute_diff
-from services.planner.previews.live import Live
+from services.planner.previews.diff import Catalog, Live, compute_diff
 from services.planner.settings import PlannerSettings
 from shared.executor.marks import step_tag
 from tests.fixtures.platform import Platform

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import re
 import threading
 import time
 import uuid
@@ -31,16 +32,14 @@ from typer.testing import CliRunner
 
 from services import planner
 from services.cli import app
-from services.cli.infra import drop_database, ensure_database, free_port
-from services.cli.processes import ServiceProcess
 from services.planner.plans.compiler import compile_plan
 from services.planner.plans.spec import validate_plan
-from services.planner.runs.ordering import collapse, destroy_after, destroy_order, reverse_edges
 from shared.db import SHARED_MIGRATIONS, discover, migrate
 from shared.events.envelope import decode, encode_headers, encode_value, kafka_headers, new_event_id
 from shared.events.steps import ApplyStepV1, ApplyStepV2, DestroyStepV1, DestroyStepV2, RunChangedV2, StepProgressedV1
 from shared.topics import commands_topic, events_topic
-from tests.fixtures.platform import service_env, wait_for
+from tests.fixtures.planner import planner_under_test
+from tests.fixtures.platform import wait_for
 
 DOMAINS = ("compute", "network", "storage")
 runner = CliRunner()
@@ -55,6 +54,11 @@ class Command:
     run_id: str
     dispatch_id: uuid.UUID
     service: str
+
+
+def fake_id(key: str) -> str:
+    """The id the fake cloud gives the resource of a step."""
+    return "id-" + key.replace("/", "-")
 
 
 class FakeDomains:
@@ -191,6 +195,7 @@ class FakeDomains:
             state="succeeded" if ok else "failed",
             message=f"{cmd.action} done" if ok else f"{cmd.action} refused by the fake cloud",
             error=None if ok else {"message": "No valid host was found.", "hint": "pick a smaller flavor"},
+            outputs={"id": fake_id(cmd.key)} if ok and cmd.action == "apply" else {},
             at=datetime.now(UTC),
         )
         headers = encode_headers(data, source="/tests/fake-domains", event_id=new_event_id(), subject=cmd.key)
@@ -206,31 +211,14 @@ class FakeDomains:
 def lifecycle(
     pg_server: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, FakeDomains, str]]:
-    database = f"dcostack_runs_{uuid.uuid4().hex[:10]}"
-    dsn = asyncio.run(ensure_database(pg_server, database))
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    planner = ServiceProcess(
-        "planner",
-        free_port(),
-        {
-            **service_env(dsn, kafka_bootstrap, prefix),
-            # a lost answer is asked for again after 1 s, looked for every 0.5 s; the step timeout stays 600 s
-            "DCOSTACK_STEP_REASK_SECONDS": "1",
-            "DCOSTACK_TIMEOUT_CHECK_SECONDS": "0.5",
-        },
-        tmp_path_factory.mktemp("planner") / "planner.log",
-    )
-    planner.start()
-    fake: FakeDomains | None = None
-    try:
-        planner.wait_ready()
-        fake = FakeDomains(kafka_bootstrap, prefix).start()
-        yield planner.base_url, fake, dsn
-    finally:
-        if fake is not None:
+    # a lost answer is asked for again after 1 s, looked for every 0.5 s; the step timeout stays 600 s
+    reask = {"DCOSTACK_STEP_REASK_SECONDS": "1", "DCOSTACK_TIMEOUT_CHECK_SECONDS": "0.5"}
+    with planner_under_test(pg_server, kafka_bootstrap, tmp_path_factory.mktemp("planner"), reask) as planner:
+        fake = FakeDomains(kafka_bootstrap, planner.prefix).start()
+        try:
+            yield planner.url, fake, planner.dsn
+        finally:
             fake.stop()
-        planner.stop()
-        asyncio.run(drop_database(pg_server, database))
 
 
 @pytest.fixture
@@ -659,6 +647,31 @@ class TestCommandLine:
         assert fake.keys(plan_id) == graph_keys(servers_plan(3))
 
 
+class TestRunTable:
+    def test_each_step_shows_its_resource_id_and_how_long_it_took_in_the_api_and_in_run_show(
+        self, lifecycle: tuple[str, FakeDomains, str], api: httpx.Client
+    ) -> None:
+        plan_id = create(api, servers_plan(1))
+        run_id = start(api, plan_id)
+        run = ended(api, run_id)
+        assert run["state"] == "succeeded", run["message"]
+        for step in run["steps"]:
+            assert step["resource_id"] == fake_id(step["key"])
+            assert step["took_seconds"] is not None
+            assert step["took_seconds"] >= 0
+            assert isinstance(step["reasks"], int)
+
+        common = ["--planner-url", lifecycle[0], "--project", str(api.headers["X-Project-Id"])]
+        result = runner.invoke(app, ["run", "show", run_id, *common], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        rows = [[cell.strip() for cell in re.split("[│┃]", line)] for line in result.stdout.splitlines()]
+        assert ["step", "state", "resource", "took", "what the cloud says"] in rows
+        for step in run["steps"]:
+            row = next(r for r in rows if r[0] == step["key"])
+            assert row[2] == fake_id(step["key"])
+            assert row[3].endswith("s")  # e.g. 0.4s
+
+
 class TestLedgerMigration:
     async def test_the_ledger_is_filled_from_the_runs_before_it(self, pg_conn: asyncpg.Connection) -> None:
         schema = f"mig_{uuid.uuid4().hex[:8]}"
@@ -712,28 +725,3 @@ class TestLedgerMigration:
         finally:
             await pg_conn.execute("RESET search_path")
             await pg_conn.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
-class TestOrdering:
-    """The pure ordering rules removals and rollbacks use."""
-
-    def test_removal_order_reverses_the_dependencies_through_keys_that_stay(self) -> None:
-        graph = compile_plan(validate_plan(web_plan(3)))
-        keys = {k for k in graph.steps if k.endswith(("web-1", "web-2", "web-1/data", "web-2/data"))}
-        after = destroy_after(keys, [graph], {}).after
-        order = destroy_order(after)
-        assert set(order) == keys
-        for key in order:
-            for dep in graph.steps[key].after & keys:
-                assert order.index(key) < order.index(dep)
-        assert order.index("server/web-2") < order.index("server/web-1")
-
-    def test_collapse_keeps_transitive_dependencies_through_dropped_keys(self) -> None:
-        after = {"a": set(), "b": {"a"}, "c": {"b"}}
-        assert collapse(after, {"a", "c"}) == {"a": set(), "c": {"a"}}
-        assert reverse_edges({"a": set(), "c": {"a"}}) == {"a": frozenset({"c"}), "c": frozenset()}
-
-    def test_keys_no_version_explains_are_ordered_by_kind(self) -> None:
-        kinds = {"server/x-1": "server", "member/lb/x-1": "member", "volume/x-1/d": "volume"}
-        order = destroy_order(destroy_after(set(kinds), [], kinds).after)
-        assert order == ["member/lb/x-1", "server/x-1", "volume/x-1/d"]

@@ -10,10 +10,13 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from cachetools import LRUCache
 
 from services.planner.plans import repository
+from services.planner.plans.compiler import Graph
 from services.planner.plans.domain import (
     CheckedPlan,
+    PlanInvalid,
     PlanNameTaken,
     PlanNotFound,
     PlanRecord,
@@ -56,6 +59,24 @@ def _version(row: asyncpg.Record) -> PlanVersion:
 async def check_document(document: Any) -> CheckedPlan:
     """Validate and compile off the event loop: a large plan takes CPU time that other requests should not wait on."""
     return await asyncio.to_thread(check_plan, document)
+
+
+#: Plan versions never change, so what each compiles to is kept: runs ordering removals and previews
+#: naming what an earlier version made both compile old versions. The newest 256 are kept.
+_COMPILED: LRUCache[tuple[UUID, int], Graph | None] = LRUCache(maxsize=256)
+
+
+async def compiled_version(plan_id: UUID, version: int, document: Any) -> Graph | None:
+    """What a stored plan version compiles to; None when today's rules refuse it (stored under older ones)."""
+    key = (plan_id, version)
+    if key in _COMPILED:
+        return _COMPILED[key]
+    try:
+        graph: Graph | None = (await check_document(document)).graph
+    except PlanInvalid:
+        graph = None
+    _COMPILED[key] = graph
+    return graph
 
 
 async def create_plan(

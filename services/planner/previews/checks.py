@@ -10,8 +10,7 @@ from typing import Any, Literal
 
 from services.planner.plans.compiler import Graph, Step
 from services.planner.plans.spec import Plan
-from services.planner.previews.diff import Catalog, Diff
-from services.planner.previews.live import Live
+from services.planner.previews.diff import Catalog, Diff, Live
 from shared.events.kinds import quota_cost
 
 Status = Literal["passed", "failed", "not_run"]

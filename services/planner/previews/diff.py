@@ -11,11 +11,37 @@ from typing import Any, Literal
 from uuid import UUID
 
 from services.planner.plans.compiler import Graph, Step
-from services.planner.previews.live import Live
 from shared.events.kinds import PREFIX_BY_NAME, Kind, delete_rank
 from shared.executor.marks import step_tag
 
 Action = Literal["create", "change", "delete", "unchanged"]
+
+
+@dataclass(frozen=True)
+class Live:
+    """What the domain services said for one preview."""
+
+    limits: dict[str, Any]
+    flavors: list[dict[str, Any]]
+    images: list[dict[str, Any]]
+    capacity: list[dict[str, Any]] | None
+    capacity_not_run: str | None
+    compute_resources: list[dict[str, Any]]
+    network_quota: dict[str, Any]
+    external_networks: list[dict[str, Any]]
+    network_resources: list[dict[str, Any]]
+    storage_quota: dict[str, Any]
+    storage_resources: list[dict[str, Any]]
+    #: how long each read took, ``<service>/<path>`` → ms
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def resources(self) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            *(("compute", r) for r in self.compute_resources),
+            *(("network", r) for r in self.network_resources),
+            *(("storage", r) for r in self.storage_resources),
+        ]
 
 
 # --- the diff --------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import httpx
 from services.planner.plans import service as plans_service
 from services.planner.plans.domain import CheckedPlan, PlanInvalid
 from services.planner.plans.spec import Plan, PlanError
+from services.planner.previews.diff import Live
 from services.planner.settings import PlannerSettings
 from shared.auth import Caller
 from shared.errors import DependencyUnavailable
@@ -75,33 +76,6 @@ class DomainServices:
                 f"{where} answered HTTP {r.status_code} to GET /v1/{name}/{path}: {detail}", service=name
             )
         return body
-
-
-@dataclass(frozen=True)
-class Live:
-    """What the domain services said for one preview."""
-
-    limits: dict[str, Any]
-    flavors: list[dict[str, Any]]
-    images: list[dict[str, Any]]
-    capacity: list[dict[str, Any]] | None
-    capacity_not_run: str | None
-    compute_resources: list[dict[str, Any]]
-    network_quota: dict[str, Any]
-    external_networks: list[dict[str, Any]]
-    network_resources: list[dict[str, Any]]
-    storage_quota: dict[str, Any]
-    storage_resources: list[dict[str, Any]]
-    #: how long each read took, ``<service>/<path>`` → ms
-    timings_ms: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def resources(self) -> list[tuple[str, dict[str, Any]]]:
-        return [
-            *(("compute", r) for r in self.compute_resources),
-            *(("network", r) for r in self.network_resources),
-            *(("storage", r) for r in self.storage_resources),
-        ]
 
 
 async def fetch_live(services: DomainServices, client: httpx.AsyncClient, plan_id: UUID) -> Live:

@@ -34,7 +34,7 @@ import httpx
 
 from services.planner.plans import service as plans_service
 from services.planner.plans.compiler import Step
-from services.planner.plans.domain import CheckedPlan, PlanInvalid, check_plan
+from services.planner.plans.domain import CheckedPlan, check_plan
 from services.planner.plans.service import Subject
 from services.planner.previews import repository
 from services.planner.previews.checks import Check, Checker
@@ -48,9 +48,8 @@ from shared.logging import get_logger
 log = get_logger(__name__)
 
 #: Earlier versions compiled to name what a plan-marked resource was (deletes of network resources, whose
-#: marks are hashes of their step keys). Versions are immutable, so their steps are cached (HISTORY_CACHE).
+#: marks are hashes of their step keys). What each compiles to is cached (plans.service.compiled_version).
 HISTORY_VERSIONS = 20
-HISTORY_CACHE = 256
 
 
 # --- one preview -------------------------------------------------------------------------------------
@@ -109,25 +108,14 @@ class Preview:
         }
 
 
-_HISTORY: dict[tuple[UUID, int], dict[str, Step]] = {}
-
-
 async def _history(conn: Any, plan_id: UUID, version: int) -> dict[str, Step]:
     """Steps of the earlier versions (newest wins), to name plan-marked resources no longer in the plan."""
     rows = await repository.earlier_versions(conn, plan_id, version, HISTORY_VERSIONS)
     out: dict[str, Step] = {}
     for row in reversed(rows):
-        cached = _HISTORY.get((plan_id, row["version"]))
-        if cached is None:
-            try:
-                checked = await asyncio.to_thread(check_plan, json.loads(row["document"]))
-                cached = checked.graph.steps
-            except PlanInvalid:
-                cached = {}  # stored under older rules; it names nothing today
-            while len(_HISTORY) >= HISTORY_CACHE:
-                del _HISTORY[next(iter(_HISTORY))]
-            _HISTORY[(plan_id, row["version"])] = cached
-        out.update(cached)
+        graph = await plans_service.compiled_version(plan_id, row["version"], json.loads(row["document"]))
+        if graph is not None:  # one stored under older rules names nothing today
+            out.update(graph.steps)
     return out
 
 

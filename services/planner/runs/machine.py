@@ -356,6 +356,20 @@ class RunStep:
     error: dict[str, Any] | None
     started_at: datetime | None
     finished_at: datetime | None
+    reasks: int = 0
+
+    @property
+    def resource_id(self) -> str | None:
+        """The id of the cloud resource the step made or found (its outputs' ``id``)."""
+        found = self.outputs.get("id")
+        return str(found) if found is not None else None
+
+    @property
+    def took_seconds(self) -> float | None:
+        """From its first dispatch to its result; None while in flight or never started."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return round((self.finished_at - self.started_at).total_seconds(), 3)
 
 
 @dataclass(frozen=True)

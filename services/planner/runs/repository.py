@@ -250,6 +250,7 @@ def _run(row: asyncpg.Record, steps: list[asyncpg.Record]) -> Run:
                 error=json.loads(s["error"]) if s["error"] is not None else None,
                 started_at=s["started_at"],
                 finished_at=s["finished_at"],
+                reasks=s["reasks"],
             )
             for s in steps
         ],
@@ -270,13 +271,17 @@ async def insert_steps(conn: asyncpg.Connection, run_id: UUID, planned: Iterable
     )
 
 
-async def keep_unchanged(conn: asyncpg.Connection, run_id: UUID, keys: list[str]) -> None:
+async def keep_unchanged(conn: asyncpg.Connection, run_id: UUID, plan_id: UUID, keys: list[str]) -> None:
+    """Mark steps succeeded without dispatching them, with the outputs the ledger has of them."""
     await conn.execute(
-        """UPDATE run_steps SET state = 'succeeded', started_at = now(), finished_at = now(), updated_at = now(),
-                  message = 'unchanged: live in the cloud as the plan wants it (checked at start); not redone'
-           WHERE run_id = $1 AND key = ANY($2::text[])""",
+        """UPDATE run_steps s SET state = 'succeeded', started_at = now(), finished_at = now(), updated_at = now(),
+                  message = 'unchanged: live in the cloud as the plan wants it (checked at start); not redone',
+                  outputs = a.outputs
+           FROM applied_steps a
+           WHERE s.run_id = $1 AND s.key = ANY($2::text[]) AND a.plan_id = $3 AND a.key = s.key""",
         run_id,
         keys,
+        plan_id,
     )
 
 
@@ -360,7 +365,8 @@ async def block_steps(conn: asyncpg.Connection, run_id: UUID, blocked: dict[str,
 async def turn_to_rollback(conn: asyncpg.Connection, run_id: UUID, undo: Sequence[UndoStep]) -> None:
     await conn.executemany(
         """UPDATE run_steps SET action = 'destroy', rollback = true, state = 'pending', seq = $3, after_keys = $4,
-                  dispatch_id = NULL, deadline = NULL, message = $5, updated_at = now()
+                  dispatch_id = NULL, deadline = NULL, started_at = NULL, finished_at = NULL, message = $5,
+                  updated_at = now()
            WHERE run_id = $1 AND key = $2""",
         [(run_id, u.key, u.seq, list(u.after), "to be rolled back") for u in undo],
     )

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field
 
-from services.planner.runs.machine import Run
+from services.planner.runs.machine import Run, RunStep
 
 
 class RunRequest(BaseModel):
@@ -41,8 +41,23 @@ class RunStepView(BaseModel):
     message: str
     outputs: dict[str, Any]
     error: dict[str, Any] | None
-    started_at: datetime | None
+    started_at: datetime | None = Field(description="When it was first dispatched")
     finished_at: datetime | None
+    resource_id: str | None = Field(
+        default=None, description="The id of the cloud resource it made or found; null before it succeeded"
+    )
+    took_seconds: float | None = Field(
+        default=None, description="From its first dispatch to its result; null while in flight or never started"
+    )
+    reasks: int = Field(
+        default=0,
+        description="How many times its command was sent again (same dispatch id) because nothing was heard "
+        "from its service for DCOSTACK_STEP_REASK_SECONDS",
+    )
+
+    @classmethod
+    def of(cls, s: RunStep) -> RunStepView:
+        return cls(**vars(s), resource_id=s.resource_id, took_seconds=s.took_seconds)
 
 
 class RunView(BaseModel):
@@ -78,7 +93,7 @@ class RunView(BaseModel):
             created_at=run.created_at,
             finished_at=run.finished_at,
             counts=run.counts,
-            steps=[RunStepView(**vars(s)) for s in run.steps],
+            steps=[RunStepView.of(s) for s in run.steps],
         )
 
 

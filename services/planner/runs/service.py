@@ -84,20 +84,18 @@ SOURCE = "/dcostack/planner"
 # --- what a run does -----------------------------------------------------------------------------------
 
 
-async def applied_steps(conn: asyncpg.Connection | asyncpg.Pool, plan_id: UUID) -> list[AppliedStep]:
-    """What the plan has built, per the ledger (oldest first)."""
-    return await repository.applied_steps(conn, plan_id)
-
-
 async def _compile(conn: asyncpg.Connection, plan_id: UUID, version: int) -> Graph | None:
     row = await plans_repository.get_version(conn, plan_id, version)
     if row is None:
         return None
     try:
-        return (await asyncio.to_thread(check_plan, json.loads(row["document"]))).graph
-    except Exception as exc:  # an old version the current spec refuses: order its keys by kind instead
+        graph = await plans_service.compiled_version(plan_id, version, json.loads(row["document"]))
+    except Exception as exc:  # whatever an old version does to today's compiler, its keys are ordered by kind
         log.warning("run.old_version_not_compiled", plan_id=str(plan_id), version=version, error=str(exc))
         return None
+    if graph is None:  # an old version the current spec refuses: order its keys by kind instead
+        log.warning("run.old_version_not_compiled", plan_id=str(plan_id), version=version, error="refused by the spec")
+    return graph
 
 
 async def _plan_steps(
@@ -302,7 +300,7 @@ async def _create_run(
         await repository.insert_steps(conn, run_id, enumerate(planned))
         keep = _unchanged(planned, ledger, live_unchanged or set())
         if keep:
-            await repository.keep_unchanged(conn, run_id, keep)
+            await repository.keep_unchanged(conn, run_id, plan_id, keep)
         message = describe_planned([p.action for p in planned], len(keep))
         rows = [_run_event(run_id, plan_id, number, action, RunState.RUNNING, message)]
         rows += await advance(conn, run_id, step_timeout)

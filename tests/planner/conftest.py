@@ -1,0 +1,3 @@
+from tests.fixtures.planner import planner
+
+__all__ = ["planner"]
