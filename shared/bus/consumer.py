@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -118,6 +119,7 @@ class EventConsumer:
 
     async def _process_partition_batch(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         items: list[_Item] = []
+        ignored: Counter[tuple[str, str]] = Counter()
         for record in records:
             try:
                 envelope = decode(record.headers, record.value)
@@ -128,10 +130,12 @@ class EventConsumer:
                 continue
             if not self.handlers.handles_type(envelope.type):
                 # A registered type this group does not act on: topics carry many types.
-                EVENTS_CONSUMED.labels(self.service, record.topic, envelope.type, "ignored").inc()
+                ignored[(record.topic, envelope.type)] += 1
                 continue
             items.append(_Item(record, envelope))
         await self._flush(items)
+        for (topic, type_), n in ignored.items():
+            EVENTS_CONSUMED.labels(self.service, topic, type_, "ignored").inc(n)
 
     async def _flush(self, items: list[_Item]) -> None:
         if not items:
@@ -236,9 +240,10 @@ class EventConsumer:
                 for ctx in contexts:
                     outbox.extend(ctx.outbox)
             await write_outbox(conn, outbox)
-        self.handled += sum(1 for _, o in outcomes if o == "handled")
-        for item, outcome in outcomes:
-            EVENTS_CONSUMED.labels(self.service, item.record.topic, item.envelope.type, outcome).inc()
+        outcome_counts = Counter((item.record.topic, item.envelope.type, outcome) for item, outcome in outcomes)
+        self.handled += sum(n for (_, _, outcome), n in outcome_counts.items() if outcome == "handled")
+        for (topic, type_, outcome), n in outcome_counts.items():
+            EVENTS_CONSUMED.labels(self.service, topic, type_, outcome).inc(n)
 
     async def _dead_letter(
         self,
