@@ -136,6 +136,18 @@ def consumer_process(dsn: str, bootstrap: str, prefix: str, schema: str, batch: 
     asyncio.run(main())
 
 
+def cpu_seconds(pids: int | list[int] | None) -> float:
+    """User + system CPU time of processes (Linux /proc, same machine; NaN where unreadable)."""
+    total = 0.0
+    for pid in pids if isinstance(pids, list) else [pids]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 async def fill_outbox(pool: asyncpg.Pool, n: int, probe_id: uuid.UUID, keys: int = 64) -> None:
     for start in range(0, n, 2000):
         rows = [
@@ -155,7 +167,9 @@ async def count(pool: asyncpg.Pool) -> int:
     return int(await pool.fetchval("SELECT count(*) FROM probe_answers"))
 
 
-async def end_to_end(dsn: str, bootstrap: str, n: int, rate: int, seconds: float, batch: bool) -> dict[str, float]:
+async def end_to_end(
+    dsn: str, bootstrap: str, n: int, rate: int, seconds: float, batch: bool, broker_pid: int | None
+) -> dict[str, float]:
     prefix = f"b{uuid.uuid4().hex[:6]}."
     schema = "bench_" + uuid.uuid4().hex[:6]
     pool = await connect_pool(
@@ -179,10 +193,16 @@ async def end_to_end(dsn: str, bootstrap: str, n: int, rate: int, seconds: float
     await asyncio.gather(relay_task, return_exceptions=True)
     # Throughput: n events waiting in the outbox, then relay + consume until all handled.
     await fill_outbox(pool, n, uuid.uuid4())
+    pg_pids = [
+        r["pid"] for r in await pool.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+    ]
+    pids = {"relay": os.getpid(), "consumer": proc.pid, "broker": broker_pid, "PostgreSQL backends": pg_pids}
+    cpu = {name: cpu_seconds(p) for name, p in pids.items()}
     started = time.perf_counter()
     relay_task = asyncio.create_task(relay.run())
     await wait_count(pool, n + 1, 0.02)
     throughput = n / (time.perf_counter() - started)
+    cpu = {name: (cpu_seconds(p) - cpu[name]) / n * 1e6 for name, p in pids.items()}
     # Latency: a steady rate well under the throughput; request time → handler's commit.
     probe_id = uuid.uuid4()
     ticks = int(seconds * 20)
@@ -213,6 +233,7 @@ async def end_to_end(dsn: str, bootstrap: str, n: int, rate: int, seconds: float
         "p99": latencies[int(len(latencies) * 0.99) - 1],
         "samples": len(latencies),
         "duplicates": float(dup),
+        **{f"cpu {name}": us for name, us in cpu.items()},
     }
 
 
@@ -226,6 +247,7 @@ async def amain(args: argparse.Namespace) -> None:
     if not bootstrap:
         broker = TansuBroker().start()
         bootstrap = broker.bootstrap
+    broker_pid = broker.proc.pid if broker and broker.proc else None
     admin = os.environ.get("DCOSTACK_TEST_DATABASE_URL", LOCAL_PG)
     db = f"dcostack_bench_{uuid.uuid4().hex[:6]}"
     dsn = await ensure_database(admin, db)
@@ -236,11 +258,13 @@ async def amain(args: argparse.Namespace) -> None:
             raw = await raw_kafka(bootstrap, args.events, f"r{uuid.uuid4().hex[:6]}.")
             out.append(f"raw aiokafka produce→consume (same broker, same run): {raw:9.0f} events/s ({load()})")
             for batch in kinds:
-                e2e = await end_to_end(dsn, bootstrap, args.events, args.rate, args.seconds, batch)
+                e2e = await end_to_end(dsn, bootstrap, args.events, args.rate, args.seconds, batch, broker_pid)
                 name = "batch handler (one INSERT per transaction)" if batch else "per-event handler"
                 out += [
                     f"outbox→broker→consumer→inbox+handler, {name}: {e2e['throughput']:9.0f} events/s, "
                     f"{e2e['throughput'] / raw:.2f}× raw, duplicate effects {e2e['duplicates']:.0f} ({load()})",
+                    "  CPU per event: "
+                    + ", ".join(f"{k[4:]} {v:.0f} µs" for k, v in e2e.items() if k.startswith("cpu ")),
                     f"  latency at {args.rate} events/s for {args.seconds:.0f}s (request → handler commit): "
                     f"p50 {e2e['p50']:.1f} ms, p99 {e2e['p99']:.1f} ms over {e2e['samples']:.0f} events",
                 ]
