@@ -3,7 +3,8 @@ effect, next to raw aiokafka produce → consume on the same broker in the same 
 
     uv run python -m bench.bus [--events 50000] [--rate 2000] [--seconds 10] [--handler both] [--repeat 1]
 
-Uses the Tansu broker and the local PostgreSQL (or DCOSTACK_TEST_KAFKA / DCOSTACK_TEST_DATABASE_URL).
+Uses a Tansu broker of its own and the local PostgreSQL, else an embedded one (or DCOSTACK_TEST_KAFKA /
+DCOSTACK_TEST_DATABASE_URL).
 The relay runs in this process and the consumer in a second one, as two services would.
 """
 
@@ -11,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import multiprocessing as mp
 import os
+import shutil
 import statistics
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -22,7 +26,14 @@ from pathlib import Path
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from services.cli.infra import LOCAL_PG, TansuBroker, drop_database, ensure_database
+from services.cli.infra import (
+    LOCAL_PG,
+    TansuBroker,
+    can_connect,
+    drop_database,
+    ensure_database,
+    start_embedded_postgres,
+)
 from shared.bus import EventConsumer, HandlerContext, HandlerRegistry, KafkaBus, OutboxRelay
 from shared.bus.outbox import make_outbox_row, write_outbox
 from shared.config import AuthStrategy, ServiceSettings
@@ -237,6 +248,19 @@ async def end_to_end(
     }
 
 
+async def admin_dsn() -> str:
+    """DCOSTACK_TEST_DATABASE_URL, else the server on 127.0.0.1:5432, else an embedded one (a fresh clone
+    needs no PostgreSQL of its own, as for the tests)."""
+    given = os.environ.get("DCOSTACK_TEST_DATABASE_URL")
+    if given:
+        return given
+    if await can_connect(LOCAL_PG):
+        return LOCAL_PG
+    scratch = tempfile.mkdtemp(prefix="dcostack-bench-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)  # registered first, so runs after the server stops
+    return start_embedded_postgres(Path(scratch) / "postgres")
+
+
 def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -248,7 +272,7 @@ async def amain(args: argparse.Namespace) -> None:
         broker = TansuBroker().start()
         bootstrap = broker.bootstrap
     broker_pid = broker.proc.pid if broker and broker.proc else None
-    admin = os.environ.get("DCOSTACK_TEST_DATABASE_URL", LOCAL_PG)
+    admin = await admin_dsn()
     db = f"dcostack_bench_{uuid.uuid4().hex[:6]}"
     dsn = await ensure_database(admin, db)
     kinds = {"event": [False], "batch": [True], "both": [False, True]}[args.handler]
