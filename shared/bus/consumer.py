@@ -46,6 +46,12 @@ class _Item:
     envelope: Envelope
 
 
+@dataclass(slots=True)
+class _Malformed:
+    record: ConsumerRecord[bytes, bytes]
+    error: MalformedEvent
+
+
 def _is_retriable(exc: BaseException) -> bool:
     if isinstance(exc, DcostackError):
         return exc.retriable
@@ -103,9 +109,8 @@ class EventConsumer:
                     self.assigned.set()
                 if not batch:
                     continue
-                # Partitions are independent: handle them concurrently, each in its own order and
-                # transactions, then commit every partition's offset in one request.
-                await asyncio.gather(*(self._process_partition_batch(records) for records in batch.values()))
+                await self._process_batch([self._decode(records) for records in batch.values()])
+                # Every partition's offset in one request, after the transactions committed.
                 offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
                 try:
                     async with asyncio.timeout(self.commit_timeout):
@@ -117,25 +122,48 @@ class EventConsumer:
         finally:
             await consumer.stop()
 
-    async def _process_partition_batch(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        items: list[_Item] = []
+    def _decode(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> list[_Item | _Malformed]:
+        """One partition's records as events to handle and malformed ones, in order; types this group does
+        not act on are counted and left out (topics carry many types)."""
+        entries: list[_Item | _Malformed] = []
         ignored: Counter[tuple[str, str]] = Counter()
         for record in records:
             try:
                 envelope = decode(record.headers, record.value)
             except MalformedEvent as e:
-                await self._flush(items)
-                items = []
-                await self._dead_letter(record, e.reason, e.detail)
+                entries.append(_Malformed(record, e))
                 continue
-            if not self.handlers.handles_type(envelope.type):
-                # A registered type this group does not act on: topics carry many types.
+            if self.handlers.handles_type(envelope.type):
+                entries.append(_Item(record, envelope))
+            else:
                 ignored[(record.topic, envelope.type)] += 1
-                continue
-            items.append(_Item(record, envelope))
-        await self._flush(items)
         for (topic, type_), n in ignored.items():
             EVENTS_CONSUMED.labels(self.service, topic, type_, "ignored").inc(n)
+        return entries
+
+    async def _process_batch(self, partitions: list[list[_Item | _Malformed]]) -> None:
+        """When every event of the poll has a batch handler (a bulk stream), all partitions share one
+        transaction: one inbox insert, one call per batch handler, one commit. Otherwise partitions are
+        handled concurrently, each in its own order and transaction, so per-event handlers of different
+        partitions overlap their round trips to the database."""
+        everything = [entry for entries in partitions for entry in entries]
+        items = [entry for entry in everything if isinstance(entry, _Item)]
+        if len(items) == len(everything) and all(self.handlers.get_batch(i.envelope.type) for i in items):
+            await self._flush(items)
+        else:
+            await asyncio.gather(*(self._process_partition(entries) for entries in partitions))
+
+    async def _process_partition(self, entries: list[_Item | _Malformed]) -> None:
+        items: list[_Item] = []
+        for entry in entries:
+            if isinstance(entry, _Malformed):
+                # Events before it take effect before it is dead-lettered, as they came.
+                await self._flush(items)
+                items = []
+                await self._dead_letter(entry.record, entry.error.reason, entry.error.detail)
+            else:
+                items.append(entry)
+        await self._flush(items)
 
     async def _flush(self, items: list[_Item]) -> None:
         if not items:

@@ -221,6 +221,60 @@ class TestConsumer:
         assert "after 4 attempts" in dead[0]["dcostack_dlq_detail"]
 
 
+def batch_handlers(h: Harness) -> HandlerRegistry:
+    """Writes every answer of a transaction with one statement; seq 13 fails permanently."""
+    handlers = HandlerRegistry()
+
+    @handlers.handles_batch(RunProbeV1)
+    async def record_all(contexts: list[HandlerContext]) -> None:
+        commands: list[RunProbeV1] = []
+        for ctx in contexts:
+            assert isinstance(ctx.envelope.data, RunProbeV1)
+            commands.append(ctx.envelope.data)
+            h.calls[ctx.envelope.data.seq] = h.calls.get(ctx.envelope.data.seq, 0) + 1
+        await contexts[0].tx.execute(
+            "INSERT INTO probe_answers (probe_id, seq, event_id) "
+            "SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[])",
+            [c.probe_id for c in commands],
+            [c.seq for c in commands],
+            [ctx.envelope.id for ctx in contexts],
+        )
+        if any(c.seq == 13 for c in commands):
+            raise CloudSaysNo("flavor m1.huge not found")
+        for ctx, c in zip(contexts, commands, strict=True):
+            ctx.publish(
+                ProbeAnsweredV1(probe_id=c.probe_id, seq=c.seq, service="test", answered_at=datetime.now(UTC)),
+                topic=events_topic("compute"),
+                key=str(c.probe_id),
+            )
+
+    return handlers
+
+
+class TestBatchHandler:
+    async def test_events_of_many_partitions_take_effect_once_and_a_bad_one_is_dead_lettered_alone(
+        self, harness: Harness
+    ) -> None:
+        # Everything is in the topic before the consumer starts, so polls hold several partitions at once.
+        probes = [uuid.uuid4() for _ in range(4)]  # four keys: several of the six partitions
+        for i, probe_id in enumerate(probes):
+            await harness.send(*range(i * 10, i * 10 + 10), probe_id=probe_id)
+        for _ in range(3):  # one event delivered three times, as a producer retry would
+            await harness.send(50, probe_id=probes[0], event_id="same-event-id")
+        for i, probe_id in enumerate(probes):  # a sentinel per key, after that key's events
+            await harness.send(100 + i, probe_id=probe_id)
+        harness.run_consumer(batch_handlers(harness))
+        for i in range(4):
+            handled = await harness.wait_for_seq(100 + i)
+        # The failed batch's writes were rolled back; each event's effect exists once; 13 has none.
+        assert sorted(handled) == sorted([s for s in range(40) if s != 13] + [50, 100, 101, 102, 103])
+        dead = await harness.dead_letters(1)
+        assert [d["dcostack_dlq_reason"] for d in dead] == ["handler_error"]
+        assert "CloudSaysNo: flavor m1.huge not found" in dead[0]["dcostack_dlq_detail"]
+        answers = await harness.pool.fetchval("SELECT count(*) FROM outbox WHERE payload::text LIKE '%\"seq\":13%'")
+        assert answers == 0
+
+
 class TestTracing:
     async def test_trace_context_travels_from_the_publisher_to_the_handler(self, harness: Harness) -> None:
         from opentelemetry import trace
