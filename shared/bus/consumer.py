@@ -26,7 +26,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from opentelemetry import trace
 
 from shared.bus.handlers import HandlerContext, HandlerRegistry
-from shared.bus.kafka import KafkaBus
+from shared.bus.kafka import FETCH_MAX_WAIT_MS, KafkaBus
 from shared.bus.outbox import write_outbox
 from shared.db import RETRIABLE_DB_ERRORS
 from shared.errors import DcostackError
@@ -81,6 +81,7 @@ class EventConsumer:
         backoff_max: float = 10.0,
         state: Any = None,
         commit_timeout: float = 15.0,
+        fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
     ) -> None:
         self.bus = bus
         self.pool = pool
@@ -94,12 +95,15 @@ class EventConsumer:
         self.backoff_max = backoff_max
         self.state = state
         self.commit_timeout = commit_timeout
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.dlq = dlq_topic(group)
         self.handled = 0
         self.assigned = asyncio.Event()
 
     async def run(self) -> None:
-        consumer = self.bus.consumer(self.topics, self.group, max_records=self.batch_size)
+        consumer = self.bus.consumer(
+            self.topics, self.group, max_records=self.batch_size, fetch_max_wait_ms=self.fetch_max_wait_ms
+        )
         await consumer.start()
         log.info("bus.consumer_started", group=self.group, topics=self.topics)
         try:
