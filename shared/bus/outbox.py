@@ -193,15 +193,17 @@ class OutboxRelay:
         own default partitioner, so events of one key stay in one partition, in order."""
         producer = self.bus.producer
         batches: dict[tuple[str, int], BatchBuilder] = {}
-        partitions: dict[str, list[int]] = {}
+        partitions: dict[str, tuple[list[int], list[int]]] = {}  # topic -> (all, with a leader)
         futures: list[asyncio.Future[Any]] = []
         published: Counter[tuple[str, str]] = Counter()
         for r in rows:
             topic = self.bus.physical(r["topic"])
             if topic not in partitions:
-                partitions[topic] = sorted(await producer.partitions_for(topic))
+                every = sorted(await producer.partitions_for(topic))
+                led = sorted(producer.client.cluster.available_partitions_for_topic(topic) or every)
+                partitions[topic] = (every, led)
             key = r["key"].encode() if r["key"] is not None else None
-            partition = _PARTITIONER(key, partitions[topic], partitions[topic])
+            partition = _PARTITIONER(key, *partitions[topic])  # as send() does: keyless ones avoid leaderless
             headers = json.loads(r["headers"]) if isinstance(r["headers"], str) else r["headers"]
             value = bytes(r["payload"])
             batch = batches.get((topic, partition))
