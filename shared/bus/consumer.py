@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from opentelemetry import trace
 
 from shared.bus.handlers import HandlerContext, HandlerRegistry
-from shared.bus.kafka import KafkaBus
+from shared.bus.kafka import FETCH_MAX_WAIT_MS, KafkaBus
 from shared.bus.outbox import write_outbox
 from shared.db import RETRIABLE_DB_ERRORS
 from shared.errors import DcostackError
@@ -43,6 +44,12 @@ _tracer = tracer(__name__)
 class _Item:
     record: ConsumerRecord[bytes, bytes]
     envelope: Envelope
+
+
+@dataclass(slots=True)
+class _Malformed:
+    record: ConsumerRecord[bytes, bytes]
+    error: MalformedEvent
 
 
 def _is_retriable(exc: BaseException) -> bool:
@@ -74,6 +81,7 @@ class EventConsumer:
         backoff_max: float = 10.0,
         state: Any = None,
         commit_timeout: float = 15.0,
+        fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
     ) -> None:
         self.bus = bus
         self.pool = pool
@@ -87,12 +95,15 @@ class EventConsumer:
         self.backoff_max = backoff_max
         self.state = state
         self.commit_timeout = commit_timeout
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.dlq = dlq_topic(group)
         self.handled = 0
         self.assigned = asyncio.Event()
 
     async def run(self) -> None:
-        consumer = self.bus.consumer(self.topics, self.group, max_records=self.batch_size)
+        consumer = self.bus.consumer(
+            self.topics, self.group, max_records=self.batch_size, fetch_max_wait_ms=self.fetch_max_wait_ms
+        )
         await consumer.start()
         log.info("bus.consumer_started", group=self.group, topics=self.topics)
         try:
@@ -102,9 +113,8 @@ class EventConsumer:
                     self.assigned.set()
                 if not batch:
                     continue
-                # Partitions are independent: handle them concurrently, each in its own order and
-                # transactions, then commit every partition's offset in one request.
-                await asyncio.gather(*(self._process_partition_batch(records) for records in batch.values()))
+                await self._process_batch([self._decode(records) for records in batch.values()])
+                # Every partition's offset in one request, after the transactions committed.
                 offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
                 try:
                     async with asyncio.timeout(self.commit_timeout):
@@ -116,21 +126,47 @@ class EventConsumer:
         finally:
             await consumer.stop()
 
-    async def _process_partition_batch(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        items: list[_Item] = []
+    def _decode(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> list[_Item | _Malformed]:
+        """One partition's records as events to handle and malformed ones, in order; types this group does
+        not act on are counted and left out (topics carry many types)."""
+        entries: list[_Item | _Malformed] = []
+        ignored: Counter[tuple[str, str]] = Counter()
         for record in records:
             try:
                 envelope = decode(record.headers, record.value)
             except MalformedEvent as e:
+                entries.append(_Malformed(record, e))
+                continue
+            if self.handlers.handles_type(envelope.type):
+                entries.append(_Item(record, envelope))
+            else:
+                ignored[(record.topic, envelope.type)] += 1
+        for (topic, type_), n in ignored.items():
+            EVENTS_CONSUMED.labels(self.service, topic, type_, "ignored").inc(n)
+        return entries
+
+    async def _process_batch(self, partitions: list[list[_Item | _Malformed]]) -> None:
+        """When every event of the poll has a batch handler (a bulk stream), all partitions share one
+        transaction: one inbox insert, one call per batch handler, one commit. Otherwise partitions are
+        handled concurrently, each in its own order and transaction, so per-event handlers of different
+        partitions overlap their round trips to the database."""
+        everything = [entry for entries in partitions for entry in entries]
+        items = [entry for entry in everything if isinstance(entry, _Item)]
+        if len(items) == len(everything) and all(self.handlers.get_batch(i.envelope.type) for i in items):
+            await self._flush(items)
+        else:
+            await asyncio.gather(*(self._process_partition(entries) for entries in partitions))
+
+    async def _process_partition(self, entries: list[_Item | _Malformed]) -> None:
+        items: list[_Item] = []
+        for entry in entries:
+            if isinstance(entry, _Malformed):
+                # Events before it take effect before it is dead-lettered, as they came.
                 await self._flush(items)
                 items = []
-                await self._dead_letter(record, e.reason, e.detail)
-                continue
-            if not self.handlers.handles_type(envelope.type):
-                # A registered type this group does not act on: topics carry many types.
-                EVENTS_CONSUMED.labels(self.service, record.topic, envelope.type, "ignored").inc()
-                continue
-            items.append(_Item(record, envelope))
+                await self._dead_letter(entry.record, entry.error.reason, entry.error.detail)
+            else:
+                items.append(entry)
         await self._flush(items)
 
     async def _flush(self, items: list[_Item]) -> None:
@@ -236,9 +272,10 @@ class EventConsumer:
                 for ctx in contexts:
                     outbox.extend(ctx.outbox)
             await write_outbox(conn, outbox)
-        self.handled += sum(1 for _, o in outcomes if o == "handled")
-        for item, outcome in outcomes:
-            EVENTS_CONSUMED.labels(self.service, item.record.topic, item.envelope.type, outcome).inc()
+        outcome_counts = Counter((item.record.topic, item.envelope.type, outcome) for item, outcome in outcomes)
+        self.handled += sum(n for (_, _, outcome), n in outcome_counts.items() if outcome == "handled")
+        for (topic, type_, outcome), n in outcome_counts.items():
+            EVENTS_CONSUMED.labels(self.service, topic, type_, outcome).inc(n)
 
     async def _dead_letter(
         self,

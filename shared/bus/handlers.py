@@ -72,9 +72,12 @@ class HandlerRegistry:
 
     def handles_batch(self, event_type: type[EventData]) -> Callable[[BatchHandler], BatchHandler]:
         """Register a handler that gets every new event of ``event_type`` in a consumer transaction at
-        once (``ctx.envelope.data`` is each payload), for high-volume streams where a handler can write
-        with one ``executemany``. Batch handlers run after the per-event handlers of the same
-        transaction, so use them only where order relative to other types does not matter."""
+        once (``ctx.envelope.data`` is each payload; ``contexts[0].tx`` is the transaction), for
+        high-volume streams: write every effect with one statement (``INSERT ... SELECT * FROM
+        unnest($1::uuid[], ...)``), not one per event. When every event of a poll has a batch handler,
+        the poll's partitions share one transaction. Batch handlers run after the per-event handlers of
+        the same transaction, so use them only where order relative to other types does not matter.
+        If the batch fails, each event is retried alone, so one bad event cannot hold back the others."""
 
         def decorator(fn: BatchHandler) -> BatchHandler:
             if self.handles_type(event_type.TYPE):

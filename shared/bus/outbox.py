@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from shared.bus.kafka import KafkaBus
 from shared.db import RETRIABLE_DB_ERRORS
@@ -20,6 +24,8 @@ from shared.metrics import EVENTS_PUBLISHED, OUTBOX_PENDING
 from shared.telemetry import inject_traceparent
 
 log = get_logger(__name__)
+# The partitioner KafkaBus's producer uses, so a key maps to the same partition whoever sends it.
+_PARTITIONER = DefaultPartitioner()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +69,21 @@ def make_outbox_row(
 
 
 async def write_outbox(conn: asyncpg.Connection, rows: Sequence[OutboxRow]) -> None:
-    """Insert rows into the service's outbox; call inside the transaction that changes the state."""
+    """Insert rows into the service's outbox; call inside the transaction that changes the state.
+
+    One statement for any number of rows: ``executemany`` would run the insert (and the statement
+    trigger that wakes the relay) once per row."""
     if not rows:
         return
-    await conn.executemany(
-        "INSERT INTO outbox (event_id, topic, key, type, headers, payload) VALUES ($1, $2, $3, $4, $5, $6)",
-        [(r.event_id, r.topic, r.key, r.type, json.dumps(r.headers), r.payload) for r in rows],
+    await conn.execute(
+        "INSERT INTO outbox (event_id, topic, key, type, headers, payload) "
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bytea[])",
+        [r.event_id for r in rows],
+        [r.topic for r in rows],
+        [r.key for r in rows],
+        [r.type for r in rows],
+        [json.dumps(r.headers) for r in rows],
+        [r.payload for r in rows],
     )
 
 
@@ -173,21 +188,39 @@ class OutboxRelay:
             log.warning("outbox.recover_failed", error=str(e) or type(e).__name__)
 
     async def _publish(self, rows: Sequence[asyncpg.Record]) -> None:
+        """Send ``rows`` as one record batch per partition (in id order within each) and wait until the
+        broker acknowledged every batch. Building the batches here instead of calling ``send`` per row
+        saves a future and a metadata lookup per event; the key → partition mapping is the producer's
+        own default partitioner, so events of one key stay in one partition, in order."""
         producer = self.bus.producer
-        futures = []
+        batches: dict[tuple[str, int], BatchBuilder] = {}
+        partitions: dict[str, tuple[list[int], list[int]]] = {}  # topic -> (all, with a leader)
+        futures: list[asyncio.Future[Any]] = []
+        published: Counter[tuple[str, str]] = Counter()
         for r in rows:
+            topic = self.bus.physical(r["topic"])
+            if topic not in partitions:
+                every = sorted(await producer.partitions_for(topic))
+                led = sorted(producer.client.cluster.available_partitions_for_topic(topic) or every)
+                partitions[topic] = (every, led)
+            key = r["key"].encode() if r["key"] is not None else None
+            partition = _PARTITIONER(key, *partitions[topic])  # as send() does: keyless ones avoid leaderless
             headers = json.loads(r["headers"]) if isinstance(r["headers"], str) else r["headers"]
-            futures.append(
-                await producer.send(
-                    self.bus.physical(r["topic"]),
-                    value=bytes(r["payload"]),
-                    key=r["key"].encode() if r["key"] is not None else None,
-                    headers=kafka_headers(headers),
-                )
-            )
+            value = bytes(r["payload"])
+            batch = batches.get((topic, partition))
+            if batch is None:
+                batch = batches[(topic, partition)] = producer.create_batch()
+            if batch.append(timestamp=None, key=key, value=value, headers=kafka_headers(headers)) is None:
+                # Full: send it (later batches of this partition queue behind it) and start another.
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = batches[(topic, partition)] = producer.create_batch()
+                batch.append(timestamp=None, key=key, value=value, headers=kafka_headers(headers))
+            published[(r["topic"], r["type"])] += 1
+        for (topic, partition), batch in batches.items():
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
         results = await asyncio.gather(*futures, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        for r in rows:
-            EVENTS_PUBLISHED.labels(self.service, r["topic"], r["type"]).inc()
+        for (topic, type_), n in published.items():
+            EVENTS_PUBLISHED.labels(self.service, topic, type_).inc(n)
