@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from services.cli.infra import free_port
-from shared.cloud import plan_tag
+from shared.executor.marks import plan_tag
 from tests.fixtures.openstack import CloudUnderTest
 from tests.fixtures.platform import wait_for
 

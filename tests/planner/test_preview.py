@@ -1,7 +1,7 @@
 """Previews in the planner: the diff and the checks as pure rules over what the domain services report, and
 the preview API of a real planner process whose domain services cannot be reached.
 
-What the domain services report here is written out as they answer it (see tests/plans/test_preview.py for
+What the domain services report here is written out as they answer it (see tests/e2e/test_preview.py for
 the same against real services in devcloud): the rules are tested on every edge without a cloud.
 """
 

@@ -15,9 +15,9 @@ from uuid import UUID
 
 import pytest
 
+from tests.e2e.test_apply import EXECUTORS, create_plan, failures, run_to_end, tagged, wait_run
 from tests.fixtures.openstack import CloudUnderTest
 from tests.fixtures.platform import Platform, wait_for
-from tests.plans.test_apply import EXECUTORS, create_plan, failures, run_to_end, tagged, wait_run
 from tests.platform.test_crash_safety import scalar
 
 pytestmark = [pytest.mark.devcloud, pytest.mark.slow]

@@ -16,9 +16,9 @@ import pytest
 from services.cli.infra import drop_database, ensure_database, free_port
 from services.cli.processes import ServiceProcess
 from shared.executor.marks import plan_tag
+from tests.e2e.test_apply import tagged
 from tests.fixtures.openstack import Cleanup, CloudUnderTest
 from tests.fixtures.platform import planner_env, service_env, wait_for
-from tests.plans.test_apply import tagged
 
 pytestmark = pytest.mark.devcloud
 

@@ -18,9 +18,9 @@ import pytest
 from keystoneauth1 import session
 from keystoneauth1.identity import v3
 
+from tests.e2e.test_apply import failures, run_to_end, tagged, wait_run
 from tests.fixtures.openstack import Cleanup, CloudUnderTest
 from tests.fixtures.platform import Platform, wait_for
-from tests.plans.test_apply import failures, run_to_end, tagged, wait_run
 
 pytestmark = pytest.mark.devcloud
 

@@ -28,9 +28,9 @@ from services.planner.settings import PlannerSettings
 from shared.config import AuthStrategy
 from shared.errors import Conflict
 from shared.executor.marks import plan_tag
+from tests.e2e.test_apply import failures, run_to_end
 from tests.fixtures.openstack import CloudUnderTest
 from tests.fixtures.platform import planner_env, service_env
-from tests.plans.test_apply import failures, run_to_end
 
 pytestmark = pytest.mark.devcloud
 

@@ -157,7 +157,7 @@ def test_a_server_nova_cannot_place_fails_its_step_with_novas_message(
     platform = start_platform(platform_factory, test_cloud)
     document = {
         "name": f"too-big-{uuid.uuid4().hex[:6]}",
-        "on_failure": "hold",  # keep the failed step to read (rollback: tests/plans/test_lifecycle.py)
+        "on_failure": "hold",  # keep the failed step to read (rollback: tests/e2e/test_lifecycle.py)
         "networks": [{"name": "net", "cidr": "10.77.0.0/24"}],
         "instance_groups": [
             {"name": "big", "flavor": flavor_name, "image": "devcloud-tiny", "count": 1, "networks": ["net"]}
