@@ -117,7 +117,13 @@ def cloud_read_router(
         doc = inspect.getdoc(getattr(adapter, method, None))
         read.__name__ = f"read_{path.replace('-', '_')}"
         read.__doc__ = doc or f"The {path.replace('-', ' ')} in the service's project, read from OpenStack."
-        router.add_api_route(f"/{path}", read, methods=["GET"], name=read.__name__)
+        parameters = [
+            {"name": k, "in": "query", "required": required, "schema": {"type": "string"}}
+            for k, required in accepted.items()
+        ]  # read from the query string by hand (any adapter's keywords), so declared here
+        router.add_api_route(
+            f"/{path}", read, methods=["GET"], name=read.__name__, openapi_extra={"parameters": parameters}
+        )
 
     for path, method in reads.items():
         add(path, method)

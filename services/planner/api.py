@@ -31,6 +31,7 @@ from services.planner.spec import plan_json_schema
 from services.planner.trusts import Delegation
 from shared.auth import Caller, Reader, Writer
 from shared.errors import Conflict, DependencyUnavailable, InvalidInput
+from shared.http import checked_beyond_schema, errors
 from shared.logging import get_logger
 
 router = APIRouter()
@@ -78,7 +79,7 @@ def _view(s: ProbeStatus) -> ProbeView:
     )
 
 
-@router.post("/v1/probes", status_code=202, response_model=ProbeView, tags=["self-check"])
+@router.post("/v1/probes", status_code=202, response_model=ProbeView, tags=["self-check"], responses=errors(429))
 async def start_probe(body: ProbeRequest, request: Request, who: Reader) -> ProbeView:
     """Ask domain services to answer through Kafka; poll GET /v1/probes/{id} until ``complete``.
 
@@ -96,6 +97,10 @@ async def get_probe(probe_id: UUID, request: Request, who: Reader) -> ProbeView:
 # --- plans ---------------------------------------------------------------------------------------
 
 _DOCUMENT_BODY: dict[str, Any] = {
+    **checked_beyond_schema(
+        "references between entries, overlapping CIDRs, dependency cycles, parameter values and the plan's size",
+        "flavors and images against the cloud (when the compute service answers)",
+    ),
     "requestBody": {
         "required": True,
         "description": f"A plan document as JSON or YAML, at most {MAX_DOCUMENT_BYTES} bytes; "
@@ -104,7 +109,7 @@ _DOCUMENT_BODY: dict[str, Any] = {
             "application/json": {"schema": {"type": "object"}},
             "application/yaml": {"schema": {"type": "object"}},
         },
-    }
+    },
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "The body is not a readable JSON or YAML document"},
@@ -251,7 +256,17 @@ async def get_plan_version(
 # --- plan runs -----------------------------------------------------------------------------------------
 
 
-@router.post("/v1/plans/{plan_id}/runs", status_code=202, response_model=RunView, tags=["runs"])
+@router.post(
+    "/v1/plans/{plan_id}/runs",
+    status_code=202,
+    response_model=RunView,
+    tags=["runs"],
+    responses={
+        **errors(429),
+        409: {"description": "Another run of the plan is in progress, or the preview is stale or failed its checks"},
+    },
+    openapi_extra=checked_beyond_schema("preview_id applies to an apply only"),
+)
 async def start_run(
     plan_id: UUID,
     body: RunRequest,
@@ -357,10 +372,11 @@ async def cancel_run(run_id: UUID, request: Request, who: Writer) -> RunView:
     response_model=RunView,
     tags=["runs"],
     responses={
+        **errors(429),
         404: {"description": "No such run or plan version"},
         409: {"description": "The run is not failed or cancelled, or another run of the plan is in progress"},
-        422: {"description": "The plan version is no longer valid"},
     },
+    openapi_extra=checked_beyond_schema("the plan version must still be valid (as POST /v1/plans/validate checks)"),
 )
 async def resume_run(run_id: UUID, request: Request, who: Writer, body: ResumeRequest | None = None) -> RunView:
     """Continue a failed (held) or cancelled run in place, with its plan version or ``version`` (e.g. the

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from services.planner import preview
 from services.planner.settings import PlannerSettings
 from shared.auth import Reader
+from shared.http import errors
 
 router = APIRouter(tags=["runs"])
 
@@ -64,6 +65,7 @@ class PreviewView(BaseModel):
     "/v1/plans/{plan_id}/preview",
     response_model=PreviewView,
     responses={
+        **errors(429),
         404: {"description": "No such plan (or version) in the project"},
         503: {"description": "A domain service (compute, network, storage) did not answer; names it and its URL"},
     },

@@ -1,17 +1,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
-from services.planner.domain import CheckedPlan, PlanRecord, PlanVersion
+from services.planner.domain import PROBE_TARGETS, CheckedPlan, PlanRecord, PlanVersion
 from services.planner.runs import Run
 
 
 class ProbeRequest(BaseModel):
-    targets: list[str] | None = Field(
+    # the enum is published; check_targets refuses other names with the list of valid ones
+    targets: list[Annotated[str, WithJsonSchema({"type": "string", "enum": list(PROBE_TARGETS)})]] | None = Field(
         default=None, description="Services that must answer; all domain services when omitted"
     )
     count: int = Field(default=1, ge=1, le=10000, description="Commands sent to each target")
