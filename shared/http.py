@@ -45,6 +45,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     429: "A per-project rate or concurrency limit was reached; `detail` names the limit and Retry-After says "
     "when to try again",
     501: "The capability is not implemented yet; `detail` says which release brings it",
+    502: "The cloud answered with an error: `detail` has its own words and what to change",
     503: "A dependency (PostgreSQL, Kafka, Keystone, the cloud or another DCOSTACK service) did not answer; "
     "`detail` names it, and retrying later may help",
 }
