@@ -5,7 +5,8 @@ Every 4xx and 5xx body is :class:`~shared.errors.ErrorBody`: a :class:`DcostackE
 breaks the schema (422, with every field path), an unknown path (404) and a method the path does not take
 (405, with ``Allow`` listing every method the path does take). :func:`declare_responses` writes that into
 the document for every route of the app, whenever its router was included: what each route answers is
-inferred from the operation (one that needs a caller: 401, 403, 422, 503; parameters or a body: 422) plus
+inferred from the operation (one that needs a caller: 401, 403, 422, 503; parameters or a body: 422; a
+body: 400) plus
 what the route itself declares with :func:`errors` (404, 409, 429, ...)."""
 
 from __future__ import annotations
@@ -185,8 +186,8 @@ def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         }
     elif exc.status_code == 404:
         body = {"error": "NotFound", "detail": f"no operation at {path}; the API is described at /openapi.json"}
-    else:
-        body = {"error": type(exc).__name__, "detail": str(exc.detail)}
+    else:  # e.g. FastAPI's 400 for a body it cannot decode
+        body = {"error": HTTPStatus(exc.status_code).phrase.replace(" ", ""), "detail": str(exc.detail)}
     return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
@@ -253,6 +254,8 @@ def declared(schema: dict[str, Any], *, noauth: bool = False) -> dict[str, Any]:
                     operation.setdefault("parameters", []).append(_PROJECT_PARAMETER)
             if operation.get("parameters") or operation.get("requestBody"):
                 statuses.add(422)
+            if operation.get("requestBody"):
+                statuses.add(400)  # bytes that are not text in the body's encoding: FastAPI cannot parse them
             beyond = operation.get(BEYOND_SCHEMA)
             if beyond:
                 statuses.add(422)

@@ -52,3 +52,9 @@ async def test_an_unknown_path_is_404_as_the_error_body(client: httpx.AsyncClien
     r = await client.get("/v1/nowhere")
     assert r.status_code == 404
     assert ErrorBody.model_validate(r.json()).error == "NotFound"
+
+
+async def test_a_body_that_is_not_text_is_400_as_the_error_body(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/probes", content=b"!\xff\x7f\x01(\xfe", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+    assert ErrorBody.model_validate(r.json()).error == "BadRequest"
