@@ -40,6 +40,9 @@ def in_process_app(service: str, **settings: Any) -> FastAPI:
                     await consumer.assigned.wait()
             yield
         finally:
+            validator = getattr(app.state, "token_validator", None)
+            if validator is not None:  # its connection to Keystone
+                await validator.close()
             await runtime.stop()
 
     app.router.lifespan_context = lifespan

@@ -95,8 +95,12 @@ def test_the_api_answers_what_its_document_says(
     token = None
     if auth == "keystone":
         member = test_cloud.connect()
-        token = member.auth_token
-        extra = {"auth_strategy": AuthStrategy.KEYSTONE, "keystone_url": member.config.get_auth_args()["auth_url"]}
+        try:
+            token = member.auth_token
+            keystone = member.config.get_auth_args()["auth_url"]
+        finally:
+            member.close()
+        extra = {"auth_strategy": AuthStrategy.KEYSTONE, "keystone_url": keystone}
     if service in EXECUTORS:
         extra["cloud"] = test_cloud.member
     if service == "planner":  # no domain service runs here: reads of live state answer 503 (declared)
