@@ -24,7 +24,8 @@ from typing import Annotated, Any
 
 import httpx
 from cachetools import TTLCache
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
 
 from shared.config import AuthStrategy, ServiceSettings
 from shared.errors import DcostackError, DependencyUnavailable, InvalidInput
@@ -173,11 +174,23 @@ def validator_of(request: Request, settings: ServiceSettings) -> TokenValidator:
     return validator
 
 
-async def authenticate(request: Request) -> Caller:
+#: The token as the OpenAPI security scheme of every operation that needs a caller (not enforced by it:
+#: :func:`authenticate` does, and under noauth there is no token).
+KEYSTONE_TOKEN = APIKeyHeader(
+    name=TOKEN_HEADER,
+    scheme_name="keystone",
+    auto_error=False,
+    description="A Keystone token scoped to a project (`openstack token issue`). Under "
+    f"DCOSTACK_AUTH_STRATEGY=noauth (development and tests only) no token is needed: the {PROJECT_HEADER} "
+    "header names the project instead (`default` when absent).",
+)
+
+
+async def authenticate(request: Request, _: Annotated[str | None, Security(KEYSTONE_TOKEN)] = None) -> Caller:
     """The caller of a request (FastAPI dependency): 401 without a token Keystone accepts."""
     settings: ServiceSettings = request.app.state.runtime.settings
     if settings.auth_strategy == AuthStrategy.NOAUTH:
-        project = request.headers.get(PROJECT_HEADER) or DEFAULT_PROJECT
+        project = request.headers.get(PROJECT_HEADER, DEFAULT_PROJECT)
         if not re.fullmatch(PROJECT_ID_PATTERN, project):
             raise InvalidInput(
                 f"{PROJECT_HEADER} {project!r} is not a project id: letters, digits, '_', '.', '-', at most 64",

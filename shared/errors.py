@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 
 class DcostackError(Exception):
     """Base of every error DCOSTACK raises on purpose.
@@ -54,3 +56,25 @@ class DependencyUnavailable(DcostackError):
 
     status_code = 503
     retriable = True
+
+
+class FieldError(BaseModel):
+    """One invalid value: where it is and what is allowed."""
+
+    path: str = Field(
+        description="Where the value is: a request part and field (body.count, query.limit, header.X-Project-Id) "
+        "or, for a plan document, its JSON path ($.networks[0].cidr)"
+    )
+    message: str = Field(description="What is wrong and what is allowed")
+    type: str | None = Field(default=None, description="The kind of check that failed (e.g. greater_than_equal)")
+    available: list[str] | None = Field(default=None, description="For a name the cloud lacks: the names it has")
+
+
+class ErrorBody(BaseModel):
+    """The body of every 4xx and 5xx answer of every DCOSTACK API (:meth:`DcostackError.to_dict`)."""
+
+    error: str = Field(description="The error's name, e.g. PlanNotFound, InvalidInput, Unauthenticated")
+    detail: str = Field(description="What went wrong and what to do about it")
+    field: str | None = Field(default=None, description="The request field or header at fault, when there is one")
+    context: dict[str, str] | None = Field(default=None, description="Ids and values the error is about")
+    errors: list[FieldError] | None = Field(default=None, description="Every invalid value, for a 422")

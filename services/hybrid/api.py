@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from shared.http import not_implemented
+from shared.http import errors, not_implemented
 
 router = APIRouter(prefix="/v1/hybrid", tags=["hybrid"])
 ARRIVES_WITH = "the hybrid-cloud issue (not filed yet)"
 
 
-@router.get("/providers")
+@router.get("/providers", responses=errors(501))
 async def list_providers() -> None:
     """List public-cloud providers (not implemented yet: answers 501)."""
     not_implemented("public-cloud providers", ARRIVES_WITH)
 
 
-@router.get("/inventory")
+@router.get("/inventory", responses=errors(501))
 async def list_inventory() -> None:
     """List the unified inventory (not implemented yet: answers 501)."""
     not_implemented("the unified inventory", ARRIVES_WITH)

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, get_type_hints
+from uuid import UUID
 
 from cachetools import TTLCache
 from fastapi import APIRouter, Request
@@ -30,11 +31,18 @@ from pydantic import ConfigDict, Field, create_model
 from shared.auth import TOKEN_CACHE_SECONDS, Caller, Reader, v3_url
 from shared.config import ENV_PREFIX, ServiceSettings
 from shared.errors import DcostackError, DependencyUnavailable, InvalidInput
+from shared.http import errors
 
 #: Reads run on threads of their own: the default executor's few threads (cpu count + 4) are held by step
 #: work waiting on the cloud while a run is in flight, and a preview's reads must not queue behind it
 #: (measured during a 100-server destroy: 23 s for Nova's limits on the default executor).
 _READ_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cloud-read")
+
+
+#: The schema of each query parameter an adapter's read may take (any other is a plain string).
+QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "plan_id": {"type": "string", "format": "uuid", "description": "Only what this plan built"},
+}
 
 
 def cloud_read_router(
@@ -107,6 +115,13 @@ def cloud_read_router(
             missing = [k for k, required in accepted.items() if required and k not in kwargs]
             if missing:
                 raise InvalidInput(f"query parameter {missing[0]!r} is required", field=missing[0])
+            if "plan_id" in kwargs:  # a tag value the cloud is asked for: a UUID, as QUERY_SCHEMAS says
+                try:
+                    kwargs["plan_id"] = str(UUID(kwargs["plan_id"]))
+                except ValueError:
+                    raise InvalidInput(
+                        f"query parameter 'plan_id' is not a plan id (a UUID): {kwargs['plan_id']!r}", field="plan_id"
+                    ) from None
 
             def call() -> Any:
                 try:
@@ -126,6 +141,10 @@ def cloud_read_router(
         doc = inspect.getdoc(method)
         read.__name__ = f"read_{path.replace('-', '_')}"
         read.__doc__ = doc or f"The {path.replace('-', ' ')} in the service's project, read from OpenStack."
+        parameters = [
+            {"name": k, "in": "query", "required": required, "schema": QUERY_SCHEMAS.get(k, {"type": "string"})}
+            for k, required in accepted.items()
+        ]  # read from the query string by hand (any adapter's keywords), so declared here
         router.add_api_route(
             f"/{path}",
             read,
@@ -133,6 +152,8 @@ def cloud_read_router(
             name=read.__name__,
             response_model=_response_model(service, path, method),
             response_model_exclude_unset=True,
+            responses=errors(502),
+            openapi_extra={"parameters": parameters},
         )
 
     for path, method in reads.items():

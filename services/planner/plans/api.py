@@ -22,6 +22,7 @@ from services.planner.plans.schemas import (
 from services.planner.plans.spec import plan_json_schema
 from services.planner.previews.live import check_live
 from shared.auth import Reader, Writer
+from shared.http import checked_beyond_schema
 from shared.logging import get_logger
 
 router = APIRouter()
@@ -31,6 +32,10 @@ log = get_logger(__name__)
 # --- plans ---------------------------------------------------------------------------------------
 
 _DOCUMENT_BODY: dict[str, Any] = {
+    **checked_beyond_schema(
+        "references between entries, overlapping CIDRs, dependency cycles, parameter values and the plan's size",
+        "flavors and images against the cloud (when the compute service answers)",
+    ),
     "requestBody": {
         "required": True,
         "description": f"A plan document as JSON or YAML, at most {MAX_DOCUMENT_BYTES} bytes; "
@@ -39,7 +44,7 @@ _DOCUMENT_BODY: dict[str, Any] = {
             "application/json": {"schema": {"type": "object"}},
             "application/yaml": {"schema": {"type": "object"}},
         },
-    }
+    },
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "The body is not a readable JSON or YAML document"},

@@ -12,6 +12,7 @@ from services.planner.runs.schemas import ResumeRequest, RunList, RunRequest, Ru
 from services.planner.runs.trusts import Delegation
 from services.planner.settings import PlannerSettings
 from shared.auth import Reader, Writer
+from shared.http import checked_beyond_schema
 from shared.limits import RATE_LIMITED, limited
 from shared.logging import get_logger
 
@@ -37,7 +38,11 @@ def _delegation(request: Request) -> Delegation:
     response_model=RunView,
     tags=["runs"],
     dependencies=[limited("run")],
-    responses=RATE_LIMITED,
+    responses={
+        **RATE_LIMITED,
+        409: {"description": "Another run of the plan is in progress, or the preview is stale or failed its checks"},
+    },
+    openapi_extra=checked_beyond_schema("preview_id applies to an apply only"),
 )
 async def start_run(
     plan_id: UUID,
@@ -105,8 +110,8 @@ async def cancel_run(run_id: UUID, request: Request, who: Writer) -> RunView:
         **RATE_LIMITED,
         404: {"description": "No such run or plan version"},
         409: {"description": "The run is not failed or cancelled, or another run of the plan is in progress"},
-        422: {"description": "The plan version is no longer valid"},
     },
+    openapi_extra=checked_beyond_schema("the plan version must still be valid (as POST /v1/plans/validate checks)"),
 )
 async def resume_run(run_id: UUID, request: Request, who: Writer, body: ResumeRequest | None = None) -> RunView:
     """Continue a failed (held) or cancelled run in place, with its plan version or ``version`` (e.g. the
