@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from shared.bus import HandlerRegistry, KafkaBus, make_outbox_row, write_outbox
+from shared.bus import HandlerRegistry, KafkaBus, OutboxRelay, make_outbox_row, write_outbox
 from shared.config import AuthStrategy, ServiceSettings
 from shared.db import SHARED_MIGRATIONS, connect_pool, discover, migrate
 from shared.events.platform import RunProbeV1
@@ -118,6 +118,92 @@ class TestRelayPerLane:
             await reader.stop()
             await bus.stop()
             await pool.close()
+
+
+class TestReplicasOfEachLane:
+    async def test_one_relay_per_schema_and_lane_publishes_each_row_once_in_order_per_key(
+        self, pg_dsn: str, kafka_bootstrap: str, topic_prefix: str
+    ) -> None:
+        """Two replicas' relays for each lane: one of each lane holds its lane's lock and relays, the
+        other waits. Rows of both lanes interleaved, four keys on each topic."""
+        settings = ServiceSettings(
+            database_url=pg_dsn,
+            kafka_bootstrap_servers=kafka_bootstrap,
+            kafka_topic_prefix=topic_prefix,
+            auth_strategy=AuthStrategy.NOAUTH,
+        )
+        schema = "replicas_" + uuid.uuid4().hex[:8]
+        pool = await connect_pool(
+            pg_dsn, schema, size=6, wait_seconds=5, migrations=discover(SHARED_MIGRATIONS, NO_MIGRATIONS)
+        )
+        bus = KafkaBus(settings, client_id="relay-replicas-test")
+        await bus.start()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await bus.ensure_topics([CONTROL, BULK])
+            rows = [
+                make_outbox_row(probe(i), source="/tests", topic=BULK, key=f"k{i % 4}")
+                if i % 3
+                else make_outbox_row(progress(), source="/tests", topic=CONTROL, key=f"k{i % 4}")
+                for i in range(900)
+            ]
+            async with pool.acquire() as conn, conn.transaction():
+                await write_outbox(conn, rows)
+            relays = [
+                OutboxRelay(pool, bus, schema=schema, service="test", batch_size=100, poll_seconds=0.1, lane=lane)
+                for lane in (*Lane, *Lane)
+            ]
+            tasks += [asyncio.create_task(r.run()) for r in relays]
+
+            got = await read_all(bus, [CONTROL, BULK], len(rows))
+            position = {row.event_id: i for i, row in enumerate(rows)}
+            assert sorted(position[event_id] for _, _, event_id in got) == list(range(len(rows)))  # each once
+            for topic in (CONTROL, BULK):
+                for key in ("k0", "k1", "k2", "k3"):
+                    seen = [position[e] for t, k, e in got if t == bus.physical(topic) and k == key]
+                    assert seen == sorted(seen), f"events of key {key} on {topic} arrived out of order"
+            async with asyncio.timeout(60):
+                while await pool.fetchval("SELECT count(*) FROM outbox") > 0:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            # One relay of each lane did all of its lane's work; its replica waited for the lock.
+            delivered = sorted((r.lane, r.delivered) for r in relays if r.delivered)
+            assert delivered == [(Lane.BULK, 600), (Lane.CONTROL, 300)]
+            held = await pool.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid::int = ANY("
+                "SELECT hashtext(k) FROM unnest($1::text[]) AS k)",
+                [f"dcostack.outbox.{schema}.{lane}" for lane in Lane],
+            )
+            assert held == 2
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await bus.stop()
+            await pool.close()
+
+
+async def read_all(bus: KafkaBus, topics: list[str], n: int) -> list[tuple[str, str | None, str]]:
+    """(topic, key, event id) of the first ``n`` records of ``topics``, read from their first offsets."""
+    reader = AIOKafkaConsumer(bootstrap_servers=bus.bootstrap, enable_auto_commit=False)
+    await reader.start()
+    got: list[tuple[str, str | None, str]] = []
+    try:
+        partitions = [
+            TopicPartition(bus.physical(t), p)
+            for t in topics
+            for p in reader.partitions_for_topic(bus.physical(t)) or ()
+        ]
+        reader.assign(partitions)
+        await reader.seek_to_beginning(*partitions)
+        async with asyncio.timeout(120):
+            while len(got) < n:
+                for records in (await reader.getmany(timeout_ms=250)).values():
+                    got += [
+                        (r.topic, r.key.decode() if r.key else None, dict(r.headers)["ce_id"].decode()) for r in records
+                    ]
+    finally:
+        await reader.stop()
+    return got
 
 
 class TestOutboxLaneMigration:
