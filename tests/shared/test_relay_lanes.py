@@ -207,7 +207,9 @@ async def read_all(bus: KafkaBus, topics: list[str], n: int) -> list[tuple[str, 
 
 
 class TestOutboxLaneMigration:
-    async def test_rows_queued_before_the_migration_get_the_lane_of_their_topic_or_type(self, pg_dsn: str) -> None:
+    async def test_rows_queued_before_it_or_written_without_a_lane_get_the_lane_of_their_topic_or_type(
+        self, pg_dsn: str
+    ) -> None:
         schema = "lane_" + uuid.uuid4().hex[:8]
         every = discover(SHARED_MIGRATIONS, NO_MIGRATIONS)
         before = [m for m in every if m.version < "shared/0006"]
@@ -234,11 +236,26 @@ class TestOutboxLaneMigration:
                 assert await migrate(conn, schema, every) == [m.version for m in every if m not in before]
                 rows = await conn.fetch(f"SELECT topic, type, lane FROM {schema}.outbox ORDER BY id")
                 assert {(r["topic"], r["type"]): r["lane"] for r in rows} == queued
-                # From now on a writer must name the lane: no default sends a row to the wrong relay.
-                with pytest.raises(asyncpg.NotNullViolationError, match="lane"):
+                # A writer of the previous release, still running during an upgrade, names no lane:
+                # its rows get their topic's lane, as write_outbox would have given them.
+                for event_id, topic, type_ in (
+                    ("old-bulk", BULK, RunProbeV1.TYPE),
+                    ("old-control", CONTROL, StepProgressedV1.TYPE),
+                ):
                     await conn.execute(
                         f"INSERT INTO {schema}.outbox (event_id, topic, type, headers, payload) "
-                        "VALUES ('late', $1, $2, '{}', '')",
+                        "VALUES ($1, $2, $3, '{}', '')",
+                        event_id,
+                        topic,
+                        type_,
+                    )
+                lanes = await conn.fetch(f"SELECT event_id, lane FROM {schema}.outbox WHERE event_id LIKE 'old-%'")
+                assert {r["event_id"]: r["lane"] for r in lanes} == {"old-bulk": "bulk", "old-control": "control"}
+                # A row may be on no third lane.
+                with pytest.raises(asyncpg.CheckViolationError, match="lane"):
+                    await conn.execute(
+                        f"INSERT INTO {schema}.outbox (event_id, topic, type, headers, payload, lane) "
+                        "VALUES ('odd', $1, $2, '{}', '', 'express')",
                         CONTROL,
                         StepProgressedV1.TYPE,
                     )
