@@ -87,7 +87,7 @@ class Runtime:
         self.settings = settings
         self.bus = KafkaBus(settings, client_id=f"dcostack-{spec.name}")
         self._pool: asyncpg.Pool | None = None
-        self.relay: OutboxRelay | None = None
+        self.relays: dict[Lane, OutboxRelay] = {}
         self.consumers: list[EventConsumer] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.topics: list[str] = []
@@ -116,16 +116,18 @@ class Runtime:
             *(dlq_topic(g) for g in groups.values()),
         ]
         await self.bus.ensure_topics(self.topics)
-        self.relay = OutboxRelay(
-            self.pool,
-            self.bus,
-            schema=s.db_schema,
-            service=self.name,
-            batch_size=s.outbox_batch_size,
-            poll_seconds=s.outbox_poll_seconds,
-            backoff_max=s.retry_backoff_max_seconds,
-        )
-        self.tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox-relay"))
+        for lane in Lane:  # one relay per lane: a bulk backlog in the outbox never delays a control row
+            relay = self.relays[lane] = OutboxRelay(
+                self.pool,
+                self.bus,
+                schema=s.db_schema,
+                service=self.name,
+                batch_size=s.outbox_batch_size,
+                poll_seconds=s.outbox_poll_seconds,
+                backoff_max=s.retry_backoff_max_seconds,
+                lane=lane,
+            )
+            self.tasks.append(asyncio.create_task(relay.run(), name=f"{self.name}-{lane}-outbox-relay"))
         self.tasks.append(asyncio.create_task(self._keep_topics(), name=f"{self.name}-topic-keeper"))
         for lane, topics in lanes.items():
             consumer = EventConsumer(

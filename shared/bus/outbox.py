@@ -1,5 +1,10 @@
 """Transactional outbox: events are rows written in the same transaction as the state they describe;
-the relay publishes them to Kafka in insertion order and deletes what the broker acknowledged."""
+the relay publishes them to Kafka in insertion order and deletes what the broker acknowledged.
+
+Each row carries the lane of its event type and each lane has its own relay (shared/runtime.py), so a
+backlog of bulk rows (a probe of thousands of events) never delays a step command written after it.
+Order holds within a lane, which is all that matters: an event type never changes lane, so the events
+of one key on one topic are all on one lane."""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from shared.events.envelope import encode_headers, encode_value, kafka_headers, 
 from shared.logging import get_logger
 from shared.metrics import EVENTS_PUBLISHED, OUTBOX_PENDING
 from shared.telemetry import inject_traceparent
+from shared.topics import Lane
 
 log = get_logger(__name__)
 # The partitioner KafkaBus's producer uses, so a key maps to the same partition whoever sends it.
@@ -36,6 +42,8 @@ class OutboxRow:
     type: str
     headers: dict[str, str]
     payload: bytes
+    #: The event type's LANE: which relay publishes the row.
+    lane: Lane
 
 
 def make_outbox_row(
@@ -65,7 +73,7 @@ def make_outbox_row(
         project_id=project_id,
         trace_headers=trace,
     )
-    return OutboxRow(event_id, target, key, data.TYPE, headers, encode_value(data))
+    return OutboxRow(event_id, target, key, data.TYPE, headers, encode_value(data), data.LANE)
 
 
 async def write_outbox(conn: asyncpg.Connection, rows: Sequence[OutboxRow]) -> None:
@@ -76,19 +84,22 @@ async def write_outbox(conn: asyncpg.Connection, rows: Sequence[OutboxRow]) -> N
     if not rows:
         return
     await conn.execute(
-        "INSERT INTO outbox (event_id, topic, key, type, headers, payload) "
-        "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bytea[])",
+        "INSERT INTO outbox (event_id, topic, key, type, headers, payload, lane) "
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bytea[], $7::text[])",
         [r.event_id for r in rows],
         [r.topic for r in rows],
         [r.key for r in rows],
         [r.type for r in rows],
         [json.dumps(r.headers) for r in rows],
         [r.payload for r in rows],
+        [r.lane.value for r in rows],
     )
 
 
 class OutboxRelay:
-    """Publishes outbox rows in id order. One relay per schema holds an advisory lock; replicas wait."""
+    """Publishes one lane's outbox rows in id order. One relay per schema and lane holds that lane's
+    advisory lock; replicas wait. ``lane=None`` relays every lane in one id order and takes every
+    lane's lock (a tool or test that runs a single relay)."""
 
     def __init__(
         self,
@@ -101,6 +112,7 @@ class OutboxRelay:
         poll_seconds: float,
         backoff_max: float = 5.0,
         publish_timeout: float = 30.0,
+        lane: Lane | None = None,
     ) -> None:
         self.pool = pool
         self.bus = bus
@@ -110,6 +122,7 @@ class OutboxRelay:
         self.poll_seconds = poll_seconds
         self.backoff_max = backoff_max
         self.publish_timeout = publish_timeout
+        self.lane = lane
         self._wake = asyncio.Event()
         self.delivered = 0
 
@@ -128,12 +141,17 @@ class OutboxRelay:
                 delay = min(delay * 2, self.backoff_max)
 
     async def _run_locked(self, conn: asyncpg.Connection) -> None:
-        lock_key = f"dcostack.outbox.{self.schema}"
-        # Another replica may hold the lock and relay; poll so this one takes over when it dies.
-        while not await conn.fetchval(  # noqa: ASYNC110
-            "SELECT pg_try_advisory_lock(hashtext($1))", lock_key
-        ):
+        lock_keys = [
+            f"dcostack.outbox.{self.schema}.{lane}" for lane in ([self.lane] if self.lane is not None else Lane)
+        ]
+        # Another replica may hold a lock and relay; poll so this one takes over when it dies. All of
+        # them or none: a relay of every lane never holds one lane's lock while waiting for another's.
+        while not await self._lock(conn, lock_keys):  # noqa: ASYNC110
             await asyncio.sleep(self.poll_seconds)
+        columns = "SELECT id, topic, key, type, headers, payload FROM outbox"
+        select, where = f"{columns} ORDER BY id LIMIT $1", list[str]()
+        if self.lane is not None:  # the index on (lane, id) yields this lane's oldest rows, none of the other's
+            select, where = f"{columns} WHERE lane = $2 ORDER BY id LIMIT $1", [self.lane.value]
         channel = f"{self.schema}_outbox"
         await conn.add_listener(channel, self.wake)
         try:
@@ -142,10 +160,7 @@ class OutboxRelay:
             loop = asyncio.get_running_loop()
             while True:
                 self._wake.clear()
-                rows = await conn.fetch(
-                    "SELECT id, topic, key, type, headers, payload FROM outbox ORDER BY id LIMIT $1",
-                    self.batch_size,
-                )
+                rows = await conn.fetch(select, self.batch_size, *where)
                 if loop.time() - last_count > 1.0 or not rows:
                     pending = await conn.fetchval("SELECT count(*) FROM outbox")
                     OUTBOX_PENDING.labels(self.service).set(pending)
@@ -175,7 +190,20 @@ class OutboxRelay:
                 self.delivered += len(rows)
         finally:
             await conn.remove_listener(channel, self.wake)
-            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", lock_key)
+            for key in lock_keys:
+                await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+
+    @staticmethod
+    async def _lock(conn: asyncpg.Connection, keys: Sequence[str]) -> bool:
+        """Take every lock in ``keys`` or, if one is held elsewhere, none (those taken are given back)."""
+        taken: list[str] = []
+        for key in keys:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
+                for k in taken:
+                    await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", k)
+                return False
+            taken.append(key)
+        return True
 
     async def _recover(self, topics: set[str], *, restart: bool) -> None:
         """After a failed publish: recreate missing topics (a broker may come back empty) and, when the

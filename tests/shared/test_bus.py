@@ -200,7 +200,7 @@ class TestConsumer:
             "dcostack_events_consumed_total",
             {
                 "service": "test",
-                "topic": harness.bus.physical(commands_topic("compute")),
+                "topic": harness.bus.physical(commands_topic("compute", Lane.BULK)),
                 "type": RunProbeV1.TYPE,
                 "outcome": "duplicate",
             },
@@ -246,7 +246,7 @@ def batch_handlers(h: Harness) -> HandlerRegistry:
         for ctx, c in zip(contexts, commands, strict=True):
             ctx.publish(
                 ProbeAnsweredV1(probe_id=c.probe_id, seq=c.seq, service="test", answered_at=datetime.now(UTC)),
-                topic=events_topic("compute"),
+                topic=events_topic("compute", Lane.BULK),
                 key=str(c.probe_id),
             )
 
@@ -313,7 +313,7 @@ class TestOutboxRelay:
     async def test_rows_written_at_once_are_published_in_order_per_key_in_full_batches(self, harness: Harness) -> None:
         """600 rows in one write: three keys and no key, some large enough that a partition's record batch
         fills and a second one follows it; the relay takes them 250 at a time."""
-        topic = events_topic("compute")
+        topic = events_topic("compute", Lane.BULK)
         rows = []
         for i in range(600):
             row = make_outbox_row(
