@@ -12,6 +12,7 @@ transition is reported as an event.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import threading
@@ -117,10 +118,16 @@ class OperationWorkers:
         )
         loop = asyncio.get_running_loop()
         last = {"message": op["last_message"]}
+        reports: list[concurrent.futures.Future[None]] = []
 
         def progress(message: str) -> None:  # called from the adapter's thread
             last["message"] = message
-            asyncio.run_coroutine_threadsafe(self._report(op, message), loop)
+            reports.append(asyncio.run_coroutine_threadsafe(self._report(op, message), loop))
+
+        async def reported() -> None:
+            """Every progress report the adapter made is written before the operation's final event, so
+            no ``running`` can follow ``succeeded``/``failed`` on the events topic."""
+            await asyncio.gather(*(asyncio.wrap_future(f) for f in list(reports)), return_exceptions=True)
 
         heartbeat = asyncio.create_task(self._heartbeat(op["id"]))
         try:
@@ -129,6 +136,7 @@ class OperationWorkers:
                 raise TimeoutError
             async with asyncio.timeout(remaining):
                 result = await asyncio.to_thread(self._call, op["action"], work, progress, op["trust_id"])
+            await reported()
         except TimeoutError:
             seen = last["message"] or "nothing reported yet"
             error = CloudError(
@@ -137,6 +145,7 @@ class OperationWorkers:
             )
             await self._finish(op, "failed", error.message, error=error.to_event())
         except CloudError as exc:
+            await reported()
             if exc.retriable and op["tries"] < self.max_tries and datetime.now(UTC) < op["deadline"]:
                 delay = min(self.backoff * 2 ** (op["tries"] - 1), self.backoff_max)
                 await self._retry_later(op, delay, f"retrying in {delay:.0f}s: {exc.message}")
