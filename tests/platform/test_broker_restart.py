@@ -81,11 +81,12 @@ class TestBrokerKilled:
 
     @pytest.mark.xfail(
         strict=False,
-        reason="intermittent (about half the runs): after a restart of Tansu 0.6.0 (memory storage) a command "
-        "published to a recreated partition can stay unhandled, and the group's committed offsets end up above "
-        "the partition's end offset: the consumer fetched from its pre-restart position. Tansu gets no chance "
-        "to say 'out of range': its end offset is the last batch's base offset + 1 (a 5-record batch at 0..4 "
-        "reports 1) and it answers fetches beyond it with nothing. Runs must survive it through the re-ask",
+        reason="intermittent: services now notice the empty broker (their witness topic is gone) and replace "
+        "their consumers to read every partition from offset 0, which cures the stale positions; but in some "
+        "runs the probe commands the planner's relay published after the restart and before any topic keeper "
+        "recreated the topic were acknowledged (offset 0) and then never fetched, even from offset 0 by a new "
+        "consumer: Tansu 0.6.0 appears to keep records produced to a topic it auto-creates apart from the "
+        "topic it lists",
     )
     def test_events_published_after_the_restart_are_consumed(
         self, supervised: tuple[Platform, Supervisor, list[str]], own_broker: TansuBroker
