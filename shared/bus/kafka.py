@@ -114,6 +114,17 @@ class KafkaBus:
         finally:
             await admin.close()
 
+    async def ensure_present(self, names: Iterable[str]) -> None:
+        """Before a publish: recreate the topics among ``names`` the broker does not list. A broker that
+        came back empty may acknowledge records produced to a topic it no longer has, for a producer that
+        still knows the topic, and then never serve them (Tansu 0.6.0 does); one metadata request on the
+        producer's connection tells, and only a missing topic costs more."""
+        wanted = set(names)
+        cluster = await self.producer.client.fetch_all_metadata()
+        missing = [n for n in sorted(wanted) if self.physical(n) not in cluster.topics()]
+        if missing:
+            await self.ensure_topics(missing)
+
     def consumer(
         self,
         topics: Sequence[str],

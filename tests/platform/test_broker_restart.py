@@ -79,15 +79,6 @@ class TestBrokerKilled:
         # The services reconnected by themselves: none was restarted.
         assert [p.restarts for p in platform.services.values()] == [0, 0]
 
-    @pytest.mark.xfail(
-        strict=False,
-        reason="intermittent: services now notice the empty broker (their witness topic is gone) and replace "
-        "their consumers to read every partition from offset 0, which cures the stale positions; but in some "
-        "runs the probe commands the planner's relay published after the restart and before any topic keeper "
-        "recreated the topic were acknowledged (offset 0) and then never fetched, even from offset 0 by a new "
-        "consumer: Tansu 0.6.0 appears to keep records produced to a topic it auto-creates apart from the "
-        "topic it lists",
-    )
     def test_events_published_after_the_restart_are_consumed(
         self, supervised: tuple[Platform, Supervisor, list[str]], own_broker: TansuBroker
     ) -> None:
