@@ -31,6 +31,13 @@ from shared.topics import Lane, consumer_group, dlq_topic, lane_of
 log = get_logger(__name__)
 
 
+def witness_topic(service: str) -> str:
+    """A topic of ``service`` that no client ever produces to, fetches from or asks metadata for by name,
+    so a broker that auto-creates topics on use (Tansu does) never recreates it behind the runtime's
+    back: when the topic keeper finds it missing, the broker lost its topics (it came back empty)."""
+    return f"dcostack.{service}.witness"
+
+
 @dataclass
 class ServiceSpec:
     """What makes one service: its name, settings, schema, the topics each lane consumes and the topics
@@ -115,7 +122,7 @@ class Runtime:
             *self.spec.consumed_topics,
             *(dlq_topic(g) for g in groups.values()),
         ]
-        await self.bus.ensure_topics(self.topics)
+        await self.bus.ensure_topics([*self.topics, witness_topic(self.name)])
         for lane in Lane:  # one relay per lane: a bulk backlog in the outbox never delays a control row
             relay = self.relays[lane] = OutboxRelay(
                 self.pool,
@@ -151,14 +158,22 @@ class Runtime:
 
     async def _keep_topics(self) -> None:
         """Recreate this service's topics if they disappear (a broker restored empty, an operator's
-        mistake); without them consumers and the relay cannot make progress."""
+        mistake); without them consumers and the relay cannot make progress. When the witness topic had to
+        be recreated, the broker lost its logs: every consumer reads its partitions again from the
+        beginning (its positions and committed offsets belong to the lost logs)."""
+        witness = witness_topic(self.name)
         while True:
             await asyncio.sleep(self.settings.topic_check_seconds)
             try:
                 async with asyncio.timeout(10):
-                    await self.bus.ensure_topics(self.topics)
+                    created = await self.bus.ensure_topics([*self.topics, witness])
             except Exception as e:
                 log.debug("bus.topic_check_failed", error=str(e) or type(e).__name__)
+                continue
+            if self.bus.physical(witness) in created:
+                log.warning("bus.broker_came_back_empty", hint="consumers read their topics from the beginning")
+                for consumer in self.consumers:
+                    consumer.rewind()
 
     async def stop(self) -> None:
         for task in self.tasks:

@@ -7,7 +7,11 @@ Guarantees:
 - a message that cannot be decoded, has an unknown type, or whose handler fails for a reason that
   retrying will not fix goes to the group's dead-letter topic with the reason in headers, and the
   consumer carries on with the next message;
-- a retriable failure (database or cloud briefly unavailable) is retried with capped backoff.
+- a retriable failure (database or cloud briefly unavailable) is retried with capped backoff;
+- after ``rewind()`` (the broker came back without its topics, see ``Runtime``) the Kafka consumer is
+  replaced and every partition is read again from its beginning: the old consumer's positions and the
+  group's committed offsets belong to logs the broker no longer has, and the inbox makes reading an event
+  twice harmless.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 
 import asyncpg
 import structlog
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from opentelemetry import trace
 
@@ -65,6 +69,17 @@ def _is_infrastructure(exc: BaseException) -> bool:
     )
 
 
+class _RewindOnAssignment(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: EventConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.owner._rewind_assigned(assigned)
+
+
 class EventConsumer:
     def __init__(
         self,
@@ -99,32 +114,74 @@ class EventConsumer:
         self.dlq = dlq_topic(group)
         self.handled = 0
         self.assigned = asyncio.Event()
+        self.rewinds = 0
+        self._consumer: AIOKafkaConsumer | None = None
+        self._rewind_requested = False
+        # After a rewind: the partitions this group committed since; any other partition assigned to this
+        # member may still carry an offset of the lost log, so it is read from its beginning.
+        self._settled: set[TopicPartition] | None = None
+
+    def rewind(self) -> None:
+        """Replace the Kafka consumer and read every partition again from its beginning: the broker lost
+        its logs (it came back empty), so the consumer's positions and the group's committed offsets point
+        past the new, shorter logs, where a broker may answer with nothing instead of "offset out of
+        range". Until this group commits a partition again, whoever gets it assigned starts at its
+        beginning too (an offset committed just before the rewind may still be one of the lost log)."""
+        self._rewind_requested = True
+
+    async def _rewind_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self._settled is None or self._consumer is None:
+            return
+        if stale := assigned - self._settled:
+            await self._consumer.seek_to_beginning(*stale)
+            log.info("bus.consumer_rewound", group=self.group, partitions=len(stale))
 
     async def run(self) -> None:
-        consumer = self.bus.consumer(
-            self.topics, self.group, max_records=self.batch_size, fetch_max_wait_ms=self.fetch_max_wait_ms
-        )
-        await consumer.start()
-        log.info("bus.consumer_started", group=self.group, topics=self.topics)
-        try:
-            while True:
-                batch = await consumer.getmany(timeout_ms=500, max_records=self.batch_size)
-                if consumer.assignment():
-                    self.assigned.set()
-                if not batch:
-                    continue
-                await self._process_batch([self._decode(records) for records in batch.values()])
-                # Every partition's offset in one request, after the transactions committed.
-                offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+        while True:
+            consumer = self.bus.consumer(
+                self.topics,
+                self.group,
+                max_records=self.batch_size,
+                fetch_max_wait_ms=self.fetch_max_wait_ms,
+                listener=_RewindOnAssignment(self),
+            )
+            self._consumer = consumer
+            await consumer.start()
+            log.info("bus.consumer_started", group=self.group, topics=self.topics, rewinds=self.rewinds)
+            try:
+                await self._consume(consumer)
+            finally:
+                self._consumer = None
                 try:
                     async with asyncio.timeout(self.commit_timeout):
-                        await consumer.commit(offsets)
-                except (CommitFailedError, IllegalStateError, KafkaError, TimeoutError) as e:
-                    # A partition moved to another member or the broker is away; these events may be
-                    # delivered again, and the inbox makes that harmless.
-                    log.warning("bus.commit_failed", group=self.group, error=str(e) or type(e).__name__)
-        finally:
-            await consumer.stop()
+                        await consumer.stop()
+                except (KafkaError, OSError, TimeoutError) as e:
+                    log.warning("bus.consumer_stop_failed", group=self.group, error=str(e) or type(e).__name__)
+            # rewind() asked for a new consumer that reads from the beginning.
+            self._rewind_requested = False
+            self._settled = set()
+            self.rewinds += 1
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        """Handle batches until ``rewind()`` is called."""
+        while not self._rewind_requested:
+            batch = await consumer.getmany(timeout_ms=500, max_records=self.batch_size)
+            if consumer.assignment():
+                self.assigned.set()
+            if not batch:
+                continue
+            await self._process_batch([self._decode(records) for records in batch.values()])
+            # Every partition's offset in one request, after the transactions committed.
+            offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+            try:
+                async with asyncio.timeout(self.commit_timeout):
+                    await consumer.commit(offsets)
+                if self._settled is not None:
+                    self._settled.update(offsets)
+            except (CommitFailedError, IllegalStateError, KafkaError, TimeoutError) as e:
+                # A partition moved to another member or the broker is away; these events may be
+                # delivered again, and the inbox makes that harmless.
+                log.warning("bus.commit_failed", group=self.group, error=str(e) or type(e).__name__)
 
     def _decode(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> list[_Item | _Malformed]:
         """One partition's records as events to handle and malformed ones, in order; types this group does

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -87,15 +87,16 @@ class KafkaBus:
             await self._producer.stop()
             self._producer = None
 
-    async def ensure_topics(self, names: Iterable[str]) -> None:
-        """Create the topics that do not exist yet (Kafka clusters often forbid auto-creation)."""
+    async def ensure_topics(self, names: Iterable[str]) -> list[str]:
+        """Create the topics that do not exist yet (Kafka clusters often forbid auto-creation); return the
+        physical names of those it created."""
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.client_id}-admin")
         await admin.start()
         try:
             existing = set(await admin.list_topics())
             wanted = sorted({self.physical(n) for n in names} - existing)
             if not wanted:
-                return
+                return []
             new = [
                 NewTopic(
                     n,
@@ -109,14 +110,31 @@ class KafkaBus:
             except TopicAlreadyExistsError:
                 pass  # another service created them between list and create
             log.info("bus.topics_created", topics=wanted)
+            return wanted
         finally:
             await admin.close()
 
+    async def ensure_present(self, names: Iterable[str]) -> None:
+        """Before a publish: recreate the topics among ``names`` the broker does not list. A broker that
+        came back empty may acknowledge records produced to a topic it no longer has, for a producer that
+        still knows the topic, and then never serve them (Tansu 0.6.0 does); one metadata request on the
+        producer's connection tells, and only a missing topic costs more."""
+        wanted = set(names)
+        cluster = await self.producer.client.fetch_all_metadata()
+        missing = [n for n in sorted(wanted) if self.physical(n) not in cluster.topics()]
+        if missing:
+            await self.ensure_topics(missing)
+
     def consumer(
-        self, topics: Sequence[str], group: str, *, max_records: int, fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS
+        self,
+        topics: Sequence[str],
+        group: str,
+        *,
+        max_records: int,
+        fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
+        listener: ConsumerRebalanceListener | None = None,
     ) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            *[self.physical(t) for t in topics],
+        consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             client_id=self.client_id,
             group_id=self.physical(group),
@@ -127,6 +145,8 @@ class KafkaBus:
             session_timeout_ms=10000,
             heartbeat_interval_ms=1000,
         )
+        consumer.subscribe([self.physical(t) for t in topics], listener=listener)
+        return consumer
 
     async def ping(self, wait_seconds: float = 2.0) -> None:
         """Raise if the broker does not answer a metadata request within ``wait_seconds``."""

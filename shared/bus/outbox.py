@@ -220,6 +220,7 @@ class OutboxRelay:
         broker acknowledged every batch. Building the batches here instead of calling ``send`` per row
         saves a future and a metadata lookup per event; the key → partition mapping is the producer's
         own default partitioner, so events of one key stay in one partition, in order."""
+        await self.bus.ensure_present({r["topic"] for r in rows})
         producer = self.bus.producer
         batches: dict[tuple[str, int], BatchBuilder] = {}
         partitions: dict[str, tuple[list[int], list[int]]] = {}  # topic -> (all, with a leader)

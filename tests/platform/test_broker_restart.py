@@ -79,14 +79,6 @@ class TestBrokerKilled:
         # The services reconnected by themselves: none was restarted.
         assert [p.restarts for p in platform.services.values()] == [0, 0]
 
-    @pytest.mark.xfail(
-        strict=False,
-        reason="intermittent (about half the runs): after a restart of Tansu 0.6.0 (memory storage) a command "
-        "published to a recreated partition can stay unhandled, and the group's committed offsets end up above "
-        "the partition's end offset: the consumer fetched from its pre-restart position. Tansu gets no chance "
-        "to say 'out of range': its end offset is the last batch's base offset + 1 (a 5-record batch at 0..4 "
-        "reports 1) and it answers fetches beyond it with nothing. Runs must survive it through the re-ask",
-    )
     def test_events_published_after_the_restart_are_consumed(
         self, supervised: tuple[Platform, Supervisor, list[str]], own_broker: TansuBroker
     ) -> None:
