@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from devcloud.settings import DevcloudSettings
@@ -27,9 +28,18 @@ def test_a_venv_a_process_runs_from_is_in_use_until_it_ends(tmp_path: Path) -> N
     assert not _in_use(venv)
     proc = subprocess.Popen([sys.executable, str(script)])
     try:
+        _wait_until_exec(proc.pid, script)  # Popen returns before the child has exec'd the interpreter
         assert _in_use(venv)
         assert not _in_use(tmp_path / "venv-other")
     finally:
         proc.kill()
         proc.wait()
     assert not _in_use(venv)
+
+
+def _wait_until_exec(pid: int, script: Path) -> None:
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while str(script).encode() not in cmdline.read_bytes():
+        assert time.monotonic() < deadline, f"process {pid} did not start {script} within 10 s"
+        time.sleep(0.01)
